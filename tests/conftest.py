@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, set here, never by the user
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_episode(i: int, length: int | None = None, image: int = 16) -> dict[str, np.ndarray]:
+    """A deterministic episode: every value depends only on (i, t), so reruns are byte-equal."""
+    rng = np.random.default_rng(i)
+    T = length if length is not None else 5 + (i * 7) % 13
+    return {
+        "image": rng.integers(0, 256, (T, image, image, 3), dtype=np.uint8),
+        "state": rng.normal(size=(T, 5)).astype(np.float32),
+        "action": rng.uniform(-2, 3, size=(T, 3)).astype(np.float32),
+    }
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "robopolicy.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def tree_snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

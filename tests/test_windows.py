@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+
+from robopolicy.data.loaders import InMemoryWindows, NaiveWindows, StreamingWindows, WindowGather, make_loader
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.store import DemoStore
+from robopolicy.data.windows import WindowSpec, split_episodes, window_index
+from robopolicy.errors import ConfigError
+
+LENGTHS = [9, 30, 4, 17, 23]
+
+
+def _indexed_store(path):
+    """Episodes whose action at frame f is (f + 1, -(f + 1)) and whose 'frame' key is f: values are indices."""
+    store = DemoStore.create(path)
+    f0 = 0
+    for T in LENGTHS:
+        f = np.arange(f0, f0 + T)
+        store.append_episode({"frame": f.astype(np.int64), "action": np.stack([f + 1, -(f + 1)], 1).astype(np.float32),
+                              "image": np.broadcast_to((f % 251 + 1).astype(np.uint8)[:, None, None, None],
+                                                       (T, 4, 4, 3)).copy()})
+        f0 += T
+    return store
+
+
+def _episode_of(frame):
+    return np.searchsorted(np.cumsum(LENGTHS), frame, side="right")
+
+
+def test_check1_alignment_stride1():
+    To, H = 3, 8
+    idx = window_index(np.cumsum(LENGTHS), WindowSpec(To, H, 1))
+    for t, acts in zip(idx.anchor, idx.action):
+        ep = _episode_of(t)
+        lo, hi = np.r_[0, np.cumsum(LENGTHS)][ep], np.cumsum(LENGTHS)[ep] - 1
+        for i in range(H):
+            want = t - To + 1 + i if i < To else t + (i - To + 1)
+            assert acts[i] == np.clip(want, lo, hi)
+
+
+def test_check1_alignment_strided_past_dense_future():
+    To, H, s = 4, 10, 3
+    idx = window_index(np.cumsum(LENGTHS), WindowSpec(To, H, s))
+    t = 9 + 25  # inside episode 1 (frames 9..38), far enough from both edges
+    row = np.where(idx.anchor == t)[0][0]
+    assert list(idx.obs[row]) == [t - 9, t - 6, t - 3, t]
+    assert list(idx.action[row][: To - 1]) == list(idx.obs[row][: To - 1])  # past token i at obs frame i's time
+    assert list(idx.action[row][To - 1:]) == list(range(t, t + H - To + 1))  # current + dense future
+
+
+def test_check2_edges_repeat_first_and_last_never_cross_episodes(tmp_path):
+    store = _indexed_store(tmp_path / "s.zarr")
+    spec = WindowSpec(5, 12, 2, past_act=True)
+    data = InMemoryWindows(store, WindowGather(spec, ["frame", "image"]))
+    assert len(data) == sum(LENGTHS)
+    batch = data.batch(np.arange(len(data)))
+    frames, actions = batch["obs"]["frame"].numpy(), batch["action"].numpy()
+    for anchor, fr, act, pa in zip(data.index.anchor, frames, actions, batch["obs"]["past_act"].numpy()):
+        ep = _episode_of(anchor)
+        assert np.all(_episode_of(fr) == ep) and np.all(_episode_of(act[:, 0] - 1) == ep)
+        start = np.r_[0, np.cumsum(LENGTHS)][ep]
+        if anchor == start:  # the first window repeats the first frame/action, never zeros
+            assert np.all(fr == start) and np.all(act[:4, 0] == start + 1)
+        # past_act: the action executed just before each observation frame (the first one at the start)
+        assert np.all(pa[:, 0] == np.maximum(fr - 1, start) + 1)
+    assert np.all(actions != 0)
+    images = batch["obs"]["image"].numpy()
+    assert images.dtype == np.uint8 and images.shape == (len(data), 5, 4, 4, 3)
+    assert np.all(images[:, :, 0, 0, 0] == (frames % 251 + 1))
+
+
+def test_split_by_episode_is_seeded_and_disjoint():
+    train, val = split_episodes(20, 0.2, seed=3)
+    assert len(val) == 4 and not set(train) & set(val) and set(train) | set(val) == set(range(20))
+    assert np.array_equal(split_episodes(20, 0.2, seed=3)[1], val)
+    assert not np.array_equal(split_episodes(20, 0.2, seed=4)[1], val)
+    idx = window_index(np.cumsum(LENGTHS), WindowSpec(), episodes=np.array([1, 3]))
+    assert set(_episode_of(idx.anchor)) == {1, 3} and len(idx) == LENGTHS[1] + LENGTHS[3]
+    with pytest.raises(ConfigError):
+        split_episodes(5, 1.0)
+
+
+def test_bad_window_spec_is_a_config_error():
+    with pytest.raises(ConfigError, match="horizon"):
+        WindowSpec(n_obs=16, horizon=8)
+
+
+def _as_rows(batch):
+    """(anchor frame, bytes of the whole sample) per window, to compare loaders as multisets."""
+    frames = batch["obs"]["frame"].numpy()
+    out = []
+    for i in range(len(frames)):
+        sample = b"".join(v[i].numpy().tobytes() for v in batch["obs"].values()) + batch["action"][i].numpy().tobytes()
+        out.append((int(frames[i, -1]), sample))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_and_naive_loaders_give_exactly_the_ram_windows(tmp_path, workers):
+    store = _indexed_store(tmp_path / "s.zarr")
+    norm = Normalizer.fit(store.load(["action"]), {"action": "minmax"})
+    spec = WindowSpec(4, 10, 2, past_act=True)
+    gather = WindowGather(spec, ["frame", "image"], "action", norm)
+    episodes = np.array([0, 1, 3, 4])
+    ram = InMemoryWindows(store, gather, episodes)
+    expected = sorted(_as_rows(ram.batch(np.arange(len(ram)))))
+    assert ram.batch(np.arange(4))["action"].abs().max() <= 1.0 + 1e-6  # normalized
+
+    streamed = StreamingWindows(store.path, gather, batch_size=8, episodes=episodes, block_frames=8,
+                                blocks_per_shuffle=3, seed=5, drop_last=False)
+    loader = make_loader(streamed, num_workers=workers)
+    epoch1 = [row for b in loader for row in _as_rows(b)]
+    epoch2 = [row for b in loader for row in _as_rows(b)]
+    assert sorted(epoch1) == expected and sorted(epoch2) == expected
+    assert [r[0] for r in epoch1] != [r[0] for r in epoch2]  # reshuffled each epoch
+    assert [r[0] for r in epoch1] != sorted(r[0] for r in epoch1)  # shuffled at all
+
+    naive = make_loader(NaiveWindows(store.path, gather, episodes), num_workers=workers, batch_size=16)
+    assert sorted(row for b in naive for row in _as_rows(b)) == expected
