@@ -63,8 +63,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robopolicy", description="robopolicy: robot visuomotor policies on demo stores. "
-                                     "Run `robopolicy VERB --help` for each verb.")
+    parser = argparse.ArgumentParser(prog="robopolicy", description="robopolicy: robot visuomotor policies on "
+                                     "demo stores. Run `robopolicy VERB --help` for each verb.")
     from robopolicy import __version__
 
     parser.add_argument("--version", action="version", version=f"robopolicy {__version__}")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_episode  # noqa: E402
-
 from robopolicy.data.store import DemoStore  # noqa: E402
 
 

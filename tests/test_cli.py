@@ -1,4 +1,5 @@
 import pytest
+
 from conftest import ROOT, run_cli
 
 VERBS = [[], ["quickstart"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"], ["bench"],

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import make_episode
 
+from conftest import make_episode
 from robopolicy.data.store import DemoStore
 
 WRITER = Path(__file__).with_name("crash_writer.py")

@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-from conftest import run_cli
 from zarr.storage import ZipStore
 
+from conftest import run_cli
 from robopolicy.data.importers import import_diffusion_policy, import_robomimic
 from robopolicy.data.store import DemoStore
 from robopolicy.errors import ImportFormatError

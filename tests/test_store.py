@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import zarr
-from conftest import make_episode, run_cli, tree_snapshot
 
+from conftest import make_episode, run_cli, tree_snapshot
 from robopolicy.data.store import DemoStore, Field, chunk_rows
 from robopolicy.errors import SchemaError, StoreError
 

@@ -11,13 +11,19 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from robopolicy.data.loaders import (InMemoryWindows, NaiveWindows, StreamingWindows, WindowGather,
-                                     make_loader)
+from robopolicy.data.loaders import (
+    InMemoryWindows,
+    NaiveWindows,
+    StreamingWindows,
+    WindowGather,
+    close_loader,
+    make_loader,
+)
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import DemoStore
 from robopolicy.data.windows import WindowSpec
@@ -73,6 +79,14 @@ def _median_of_3(make_iter, seconds: float) -> tuple[float, float]:
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
+def _measure_loader(dataset, batch_size: int | None, workers: int, seconds: float) -> tuple[float, float]:
+    loader = make_loader(dataset, num_workers=workers, batch_size=batch_size, shuffle=batch_size is not None)
+    try:
+        return _median_of_3(lambda: _forever(lambda: iter(loader)), seconds)
+    finally:
+        close_loader(loader)
+
+
 def run_data_bench(store: str | None = None, quick: bool = False, workers: int = 2, seconds: float = 4.0) -> list[dict]:
     seconds = 0.6 if quick else seconds
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,14 +108,11 @@ def run_data_bench(store: str | None = None, quick: bool = False, workers: int =
             for spec in CONFIGS:
                 gather = WindowGather(spec, image_keys + low_dim, "action", stats)
                 ram = InMemoryWindows(s, gather)
-                ram_rate = _median_of_3(lambda: _forever(lambda: ram.batches(BATCH, seed=1)), seconds)
-                streamed = make_loader(StreamingWindows(path, gather, BATCH), num_workers=workers)
-                stream_rate = _median_of_3(lambda: _forever(lambda: iter(streamed)), seconds)
-                naive = make_loader(NaiveWindows(path, gather), num_workers=workers, batch_size=BATCH, shuffle=True)
-                naive_rate = _median_of_3(lambda: _forever(lambda: iter(naive)), seconds)
-                del streamed, naive
-                rows.append({"To": spec.n_obs, "H": spec.horizon, "naive": naive_rate, "streamed": stream_rate,
-                             "ram": ram_rate})
+                rows.append({"To": spec.n_obs, "H": spec.horizon,
+                             "ram": _median_of_3(lambda r=ram: _forever(lambda: r.batches(BATCH, seed=1)), seconds),
+                             "streamed": _measure_loader(StreamingWindows(path, gather, BATCH), None, workers,
+                                                         seconds),
+                             "naive": _measure_loader(NaiveWindows(path, gather), BATCH, workers, seconds)})
                 print(f"  measured To={spec.n_obs} H={spec.horizon}", flush=True)
     _print_table(rows, workers)
     return rows

@@ -13,9 +13,9 @@ and a batch is one fancy-index per key, then normalization.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -202,3 +202,11 @@ def make_loader(dataset: torch.utils.data.Dataset, num_workers: int = 2, batch_s
     if num_workers:
         kwargs.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
+
+
+def close_loader(loader: torch.utils.data.DataLoader) -> None:
+    """Stop a loader's persistent workers now rather than whenever the garbage collector gets to them."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None

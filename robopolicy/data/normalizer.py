@@ -7,7 +7,7 @@ Images are not normalized here: they stay uint8 until the encoder, on the device
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class Normalizer:
         self._torch_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def fit(cls, arrays: Mapping[str, np.ndarray], modes: Mapping[str, str]) -> "Normalizer":
+    def fit(cls, arrays: Mapping[str, np.ndarray], modes: Mapping[str, str]) -> Normalizer:
         """Statistics of each ``arrays[key]`` (frames along axis 0) in ``modes[key]``."""
         scale, offset = {}, {}
         for key, mode in modes.items():
@@ -88,7 +88,7 @@ class Normalizer:
         return out
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "Normalizer":
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> Normalizer:
         scale = {k[: -len(".scale")]: v.numpy() for k, v in state.items() if k.endswith(".scale")}
         offset = {k[: -len(".offset")]: v.numpy() for k, v in state.items() if k.endswith(".offset")}
         if set(scale) != set(offset):

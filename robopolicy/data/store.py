@@ -19,9 +19,10 @@ import fcntl
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
@@ -49,7 +50,7 @@ class Field:
         return {"shape": list(self.shape), "dtype": self.dtype.str}
 
     @staticmethod
-    def from_json(d: Mapping) -> "Field":
+    def from_json(d: Mapping) -> Field:
         return Field(tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]))
 
 
@@ -107,7 +108,7 @@ class DemoStore:
     # ---------------------------------------------------------------- opening
     @classmethod
     def create(cls, path: str | os.PathLike, *, fps: float | None = None, env_spec: Mapping | None = None,
-               schema: Mapping[str, Field] | None = None, extra: Mapping | None = None) -> "DemoStore":
+               schema: Mapping[str, Field] | None = None, extra: Mapping | None = None) -> DemoStore:
         """Create an empty store at ``path`` (which must not exist). The schema is fixed by
         ``schema`` or, if omitted, by the first appended episode."""
         path = Path(path)
@@ -128,7 +129,7 @@ class DemoStore:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "DemoStore":
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> DemoStore:
         """Open a store for reading (``mode='r'``) or appending (``mode='a'``)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
@@ -154,7 +155,7 @@ class DemoStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "DemoStore":
+    def __enter__(self) -> DemoStore:
         return self
 
     def __exit__(self, *exc) -> None:
