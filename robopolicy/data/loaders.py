@@ -197,10 +197,11 @@ def worker_init(_worker_id: int) -> None:
 
 def make_loader(dataset: torch.utils.data.Dataset, num_workers: int = 2, batch_size: int | None = None,
                 shuffle: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader with spawned workers (zarr's IO thread does not survive fork)."""
+    """A DataLoader whose workers come from a forkserver: zarr's IO thread does not survive a plain fork of
+    this process, and spawned workers abort at shutdown under torch 2.14 ("terminate called ...")."""
     kwargs = dict(num_workers=num_workers, worker_init_fn=worker_init if num_workers else None)
     if num_workers:
-        kwargs.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4)
+        kwargs.update(multiprocessing_context="forkserver", persistent_workers=True, prefetch_factor=4)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
 
 
