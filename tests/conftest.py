@@ -23,7 +23,7 @@ def make_episode(i: int, length: int | None = None, image: int = 16) -> dict[str
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it."""
+    """The CLI in a subprocess, as a user runs it (test_console_script_is_installed covers the entry point)."""
     return subprocess.run([sys.executable, "-m", "robopolicy.cli", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, timeout=300)
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import make_episode
 from robopolicy.data.store import DemoStore
@@ -67,9 +68,10 @@ def test_sigkill_at_random_moments_keeps_committed_episodes(tmp_path):
         assert resumed.array(key).shape == clean.array(key).shape
 
 
-def test_kill_between_data_write_and_commit(tmp_path):
+@pytest.mark.parametrize("k", [0, 7])
+def test_kill_between_data_write_and_commit(tmp_path, k):
     path, marker = tmp_path / "paused.zarr", tmp_path / "paused"
-    proc = _start(path, "--pause-before-commit", "7", str(marker))
+    proc = _start(path, "--pause-before-commit", str(k), str(marker))
     deadline = time.time() + 60
     while not marker.exists():
         assert time.time() < deadline and proc.poll() is None
@@ -77,9 +79,9 @@ def test_kill_between_data_write_and_commit(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     store = DemoStore.open(path)
-    assert _assert_committed_equal_clean_run(path) == 7
-    assert store.array("action").shape[0] > store.n_frames  # episode 7's frames are there, uncommitted
-    assert len(DemoStore.open(path).episode_ends) == 7
+    assert _assert_committed_equal_clean_run(path) == k
+    assert store.array("action").shape[0] > store.n_frames  # episode k's frames are there, uncommitted
+    assert len(DemoStore.open(path).episode_ends) == k
     subprocess.run([sys.executable, str(WRITER), str(path), str(N_EPISODES)], check=True, capture_output=True)
     assert _assert_committed_equal_clean_run(path) == N_EPISODES
     assert not list(path.rglob("*.partial"))

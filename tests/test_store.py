@@ -149,3 +149,21 @@ def test_damaged_metadata_is_one_clear_error(tmp_path):
     _store(tmp_path).close()
     (tmp_path / "s.zarr" / "zarr.json").write_text("{ not json")
     _assert_clean_cli_error(run_cli("info", str(tmp_path / "s.zarr")), "metadata cannot be read")
+
+
+def test_all_zero_episodes_are_not_reported_as_damage(tmp_path):
+    with DemoStore.create(tmp_path / "z.zarr") as store:
+        store.append_episode({"image": np.zeros((50, 96, 96, 3), np.uint8), "action": np.zeros((50, 7), np.float32)})
+        assert store.check() == []
+
+
+def test_console_script_is_installed():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("robopolicy", path=str(Path(sys.executable).parent))
+    assert script, "the robopolicy console script is not installed next to this python"
+    result = subprocess.run([script, "info", "/nonexistent.zarr"], capture_output=True, text=True)
+    assert result.returncode == 2 and "no such demo store" in result.stderr

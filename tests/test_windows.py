@@ -59,8 +59,11 @@ def test_check2_edges_repeat_first_and_last_never_cross_episodes(tmp_path):
         ep = _episode_of(anchor)
         assert np.all(_episode_of(fr) == ep) and np.all(_episode_of(act[:, 0] - 1) == ep)
         start = np.r_[0, np.cumsum(LENGTHS)][ep]
+        end = np.cumsum(LENGTHS)[ep] - 1
         if anchor == start:  # the first window repeats the first frame/action, never zeros
-            assert np.all(fr == start) and np.all(act[:4, 0] == start + 1)
+            assert np.all(fr == start) and np.all(act[:5, 0] == start + 1)
+        if anchor == end:  # the last window repeats the last action into the future
+            assert fr[-1] == end and np.all(act[4:, 0] == end + 1)
         # past_act: the action executed just before each observation frame (the first one at the start)
         assert np.all(pa[:, 0] == np.maximum(fr - 1, start) + 1)
     assert np.all(actions != 0)
@@ -78,6 +81,15 @@ def test_split_by_episode_is_seeded_and_disjoint():
     assert set(_episode_of(idx.anchor)) == {1, 3} and len(idx) == LENGTHS[1] + LENGTHS[3]
     with pytest.raises(ConfigError):
         split_episodes(5, 1.0)
+
+
+def test_future_pad_limits_anchors_like_pad_after():
+    To, H = 2, 8
+    full = window_index(np.cumsum(LENGTHS), WindowSpec(To, H))
+    none = window_index(np.cumsum(LENGTHS), WindowSpec(To, H, future_pad=0))
+    assert len(full) == sum(LENGTHS) and len(none) == sum(max(L - (H - To), 0) for L in LENGTHS)
+    ends = np.cumsum(LENGTHS)[_episode_of(none.anchor)] - 1
+    assert np.all(none.action[:, -1] == none.anchor + H - To) and np.all(none.action[:, -1] <= ends)
 
 
 def test_bad_window_spec_is_a_config_error():
@@ -117,3 +129,17 @@ def test_streamed_and_naive_loaders_give_exactly_the_ram_windows(tmp_path, worke
 
     naive = make_loader(NaiveWindows(store.path, gather, episodes), num_workers=workers, batch_size=16)
     assert sorted(row for b in naive for row in _as_rows(b)) == expected
+
+
+def test_streamed_drop_last_and_fresh_workers_reshuffle(tmp_path):
+    import torch
+
+    store = _indexed_store(tmp_path / "s.zarr")
+    gather = WindowGather(WindowSpec(2, 4), ["frame"], "action")
+    ds = StreamingWindows(store.path, gather, batch_size=8, block_frames=8, seed=1)
+    batches = list(make_loader(ds, num_workers=0))
+    assert len(batches) == len(ds) == sum(LENGTHS) // 8 and all(len(b["action"]) == 8 for b in batches)
+    # plain DataLoader workers (not persistent): each epoch still gets its own order
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="forkserver")
+    orders = [[int(f) for b in loader for f in b["obs"]["frame"][:, -1]] for _ in range(2)]
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])

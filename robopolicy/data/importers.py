@@ -60,11 +60,15 @@ def import_robomimic(src: str | Path, out: str | Path, progress: bool = True) ->
                 if "actions" not in g or "obs" not in g:
                     raise ImportFormatError(f"{src}: data/{name} lacks actions or obs/; the store at {out} holds "
                                             f"the {store.n_episodes} demos before it.")
-                episode = {out_key: g[k][()] for k, out_key in ROBOMIMIC_STEP_KEYS.items() if k in g}
-                clash = set(g["obs"]) & set(episode)
+                try:
+                    episode = {out_key: g[k][()] for k, out_key in ROBOMIMIC_STEP_KEYS.items() if k in g}
+                    clash = set(g["obs"]) & set(episode)
+                    episode.update({k: g["obs"][k][()] for k in g["obs"]})
+                except OSError as e:
+                    raise ImportFormatError(f"{src}: data/{name} cannot be read ({e}); the file is damaged. The store "
+                                            f"at {out} holds the {store.n_episodes} demos before it.") from None
                 if clash:
                     raise ImportFormatError(f"{src}: obs keys {sorted(clash)} clash with step keys; rename them.")
-                episode.update({k: g["obs"][k][()] for k in g["obs"]})
                 store.append_episode(episode)
         return DemoStore.open(out)
 

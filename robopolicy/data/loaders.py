@@ -5,8 +5,8 @@ and a batch is one fancy-index per key, then normalization.
 
 - ``InMemoryWindows`` decompresses the needed keys once and gathers from RAM.
 - ``StreamingWindows`` (a torch IterableDataset) has each worker read contiguous blocks of
-  frames — whole chunks, in one zarr call per key — and gather shuffled windows from a few blocks
-  at a time, so disk reads stay sequential while batches stay well mixed.
+  frames (one zarr read per key and block) and gather shuffled windows from a few blocks at a
+  time, so disk reads stay sequential while batches stay well mixed.
 - ``NaiveWindows`` reads every window from zarr on its own (what Diffusion Policy's dataset does);
   it is kept as the baseline ``robopolicy bench data`` measures against.
 """
@@ -113,10 +113,13 @@ class StreamingWindows(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
-        self.epoch += 1  # each worker's copy counts its own epochs, so all workers agree
+        # The same permutation in every worker of one epoch, a new one each epoch: persistent workers
+        # count epochs in their own copy; fresh workers get a new base seed from the DataLoader.
+        base = (info.seed - info.id) % 2**63 if info else 0
+        order = np.random.default_rng([self.seed, base, self.epoch]).permutation(len(self.blocks))
+        self.epoch += 1
         mine = self.blocks[order[worker::n_workers]]
-        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        rng = np.random.default_rng([self.seed, base, self.epoch, worker])
         carry = None
         with DemoStore.open(self.path) as store:
             for g in range(0, len(mine), self.blocks_per_shuffle):

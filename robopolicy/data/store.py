@@ -1,6 +1,6 @@
 """DemoStore: demonstrations in a zarr v3 store, appended one episode at a time, crash-safe.
 
-Layout (Diffusion Policy's ReplayBuffer layout, so a store from either side opens in the other):
+Layout (Diffusion Policy's ReplayBuffer layout; their stores, zarr 2 or 3, open here read-only):
 
     data/<key>          [T_total, ...]  all episodes concatenated along time, chunked along time
     meta/episode_ends   [n_episodes]    int64, cumulative end index of each episode
@@ -19,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,15 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 
 from robopolicy.errors import SchemaError, StoreError
 
 FORMAT_VERSION = 1
 CHUNK_TARGET_BYTES = 256 * 1024  # one chunk ~ a few images: cheap random reads, good compression
 MAX_CHUNK_ROWS = 4096
+# Every chunk gets a file, even an all-zero one, so a missing file always means damage.
+_ALWAYS_WRITE = {"write_empty_chunks": True}
 
 
 @dataclass(frozen=True)
@@ -116,17 +120,20 @@ class DemoStore:
             raise StoreError(f"{path}: already exists. Append to it with DemoStore.open(path, mode='a'), "
                              "or choose a new path; nothing was changed.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        # Built beside its final place and renamed into it: a store exists whole or not at all.
+        building = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+        group = zarr.open_group(str(building), mode="w-", zarr_format=3)
         group.create_group("data")
         group.create_group("meta").create_array("episode_ends", shape=(0,), dtype="int64", chunks=(4096,),
-                                                fill_value=0)
+                                                fill_value=0, config=_ALWAYS_WRITE)
         meta = {"format": FORMAT_VERSION, "n_episodes": 0, "schema": None,
                 "fps": fps, "env_spec": dict(env_spec) if env_spec else None, "extra": dict(extra or {})}
         group.attrs["robopolicy"] = json.loads(json.dumps(meta))  # fail early on non-JSON values
-        store = cls.open(path, mode="a")
         if schema is not None:
-            store._create_arrays(schema)
-        return store
+            group.attrs["robopolicy"] = {**meta, "schema": {k: f.to_json() for k, f in schema.items()}}
+            _create_arrays(group, schema)
+        os.rename(building, path)
+        return cls.open(path, mode="a")
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> DemoStore:
@@ -256,10 +263,14 @@ class DemoStore:
             arr = self.array(key)
             rows = arr.chunks[0]
             n_chunks = -(-self.n_frames // rows)
-            if arr.nchunks_initialized < min(n_chunks, arr.nchunks):
-                problems.append(f"data/{key}: {n_chunks - arr.nchunks_initialized} chunk file(s) missing "
-                                "(they would read as zeros)")
+            missing = [c for c in range(n_chunks) if not _chunk_exists(arr, c)]
+            if missing:
+                problems.append(f"data/{key}: {len(missing)} chunk file(s) missing (frames "
+                                f"{missing[0] * rows}-{min((missing[0] + 1) * rows, self.n_frames) - 1} first); "
+                                "they would read as zeros")
             for c in tqdm(range(n_chunks), desc=f"check {key}", disable=not progress, leave=False):
+                if c in missing:
+                    continue
                 try:
                     self.read(key, c * rows, min((c + 1) * rows, self.n_frames))
                 except StoreError as e:
@@ -285,22 +296,25 @@ class DemoStore:
         if not self.writable:
             raise StoreError(f"{self.path}: opened read-only; use DemoStore.open(path, mode='a') to append.")
         episode = {k: np.asarray(v) for k, v in episode.items()}
-        schema = self.schema if self.keys else None
-        if schema is None:
+        schema = self.schema if (self._meta.get("schema") or self.n_episodes) else None
+        if schema is None:  # the first episode fixes the schema, written before any array exists
             schema = {k: Field(tuple(v.shape[1:]), v.dtype) for k, v in episode.items()}
+            _validate_episode(episode, schema, self.path)
+            self._write_meta(schema={k: f.to_json() for k, f in schema.items()})
         length = _validate_episode(episode, schema, self.path)
-        if not self.keys:
-            self._create_arrays(schema)
+        missing = {k: f for k, f in schema.items() if k not in self._group["data"]}
+        if missing:  # a writer killed while creating the arrays
+            _create_arrays(self._group, missing)
 
         start = self.n_frames
         stop = start + length
         data = self._group["data"]
         for key, value in episode.items():
-            arr = data[key]
+            arr = data[key].with_config(_ALWAYS_WRITE)  # runtime setting: not stored with the array
             if arr.shape[0] != stop:
                 arr.resize((stop,) + arr.shape[1:])  # also drops what an interrupted append left behind
             arr[start:stop] = value
-        ends_arr = self._group["meta/episode_ends"]
+        ends_arr = self._group["meta/episode_ends"].with_config(_ALWAYS_WRITE)
         n = self.n_episodes
         ends_arr.resize((n + 1,))
         ends_arr[n] = stop
@@ -315,20 +329,18 @@ class DemoStore:
         extra.update(items)
         self._write_meta(extra=extra)
 
-    def _create_arrays(self, schema: Mapping[str, Field]) -> None:
-        data = self._group["data"]
-        for key, field in schema.items():
-            data.create_array(key, shape=(0,) + field.shape, dtype=field.dtype,
-                              chunks=(chunk_rows(field),) + field.shape,
-                              compressors=[_compressor(field)], fill_value=0, overwrite=True)
-        self._write_meta(schema={k: f.to_json() for k, f in schema.items()})
-
     def _write_meta(self, **changes: Any) -> None:
         self._meta.update(changes)
         self._group.attrs["robopolicy"] = json.loads(json.dumps(self._meta))
 
     def __repr__(self) -> str:
         return f"DemoStore({str(self.path)!r}, episodes={self.n_episodes}, frames={self.n_frames}, keys={self.keys})"
+
+
+def _chunk_exists(arr: zarr.Array, index: int) -> bool:
+    """Whether the file of time-chunk ``index`` exists (zarr 2 or 3 key encoding)."""
+    key = arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
+    return sync(arr.store_path.store.exists(f"{arr.path}/{key}"))
 
 
 def _validate_episode(episode: Mapping[str, np.ndarray], schema: Mapping[str, Field], path: Path) -> int:
@@ -351,6 +363,13 @@ def _validate_episode(episode: Mapping[str, np.ndarray], schema: Mapping[str, Fi
         raise SchemaError(f"{path}: every key of an episode needs the same number of frames (> 0), got {lengths}; "
                           "nothing was written.")
     return next(iter(lengths.values()))
+
+
+def _create_arrays(group: zarr.Group, schema: Mapping[str, Field]) -> None:
+    for key, field in schema.items():
+        group["data"].create_array(key, shape=(0,) + field.shape, dtype=field.dtype,
+                                   chunks=(chunk_rows(field),) + field.shape, compressors=[_compressor(field)],
+                                   fill_value=0, overwrite=True, config=_ALWAYS_WRITE)
 
 
 def _remove_partial_writes(path: Path) -> None:

