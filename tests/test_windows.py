@@ -140,6 +140,7 @@ def test_streamed_drop_last_and_fresh_workers_reshuffle(tmp_path):
     batches = list(make_loader(ds, num_workers=0))
     assert len(batches) == len(ds) == sum(LENGTHS) // 8 and all(len(b["action"]) == 8 for b in batches)
     # plain DataLoader workers (not persistent): each epoch still gets its own order
+    ds = StreamingWindows(store.path, gather, batch_size=8, block_frames=8, seed=1, drop_last=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="forkserver")
     orders = [[int(f) for b in loader for f in b["obs"]["frame"][:, -1]] for _ in range(2)]
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
