@@ -1,5 +1,29 @@
-"""robopolicy.envs: MuJoCo tasks with scripted experts (Meta-World, history-dependent tasks, robosuite Lift).
+"""robopolicy.envs: MuJoCo tasks with scripted experts, registered with gymnasium as robopolicy/<name>.
 
-Installed from the top-level envs/ folder under the robopolicy namespace. The task suite lands with the
-task-suite issue; until then this package holds no tasks.
+    from robopolicy import envs
+    env = envs.make("cue-reach", obs="image")       # or gymnasium.make("robopolicy/cue-reach", obs="image")
+    obs, info = env.reset(seed=0)
+    expert = env.make_expert(); expert.reset()
+    obs, reward, terminated, truncated, info = env.step(expert.act(env))
+
+Installed from the top-level envs/ folder under the robopolicy namespace.
 """
+from robopolicy.envs.tasks import (
+                                   CONTEXT_STRIDE,
+                                   EVAL_SEED_START,
+                                   TASKS,
+                                   Task,
+                                   collection_seeds,
+                                   env_spec,
+                                   eval_seeds,
+                                   get,
+                                   make,
+                                   make_from_spec,
+                                   register,
+                                   worker_seeds,
+)
+
+register()
+
+__all__ = ["CONTEXT_STRIDE", "EVAL_SEED_START", "TASKS", "Task", "collection_seeds", "env_spec", "eval_seeds", "get",
+           "make", "make_from_spec", "register", "worker_seeds"]

@@ -118,7 +118,7 @@ class SawyerTask(gym.Env):
             obs.update(self._render())
         return obs
 
-    def make_expert(self) -> "Expert":
+    def make_expert(self) -> Expert:
         raise NotImplementedError
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from robopolicy.errors import RobopolicyError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART_SRC = REPO_ROOT / "datasets" / "fixtures" / "reach_demos.hdf5"
 QUICKSTART_OUT = Path("datasets") / "quickstart.zarr"
 
 
@@ -38,20 +36,41 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    """The README's main job, for now: import the bundled demonstrations and summarize them."""
-    from robopolicy.data.importers import import_robomimic
-    from robopolicy.data.store import DemoStore
+    """The README's main job, for now: collect image demonstrations of a history-dependent task
+    (cue-reach: reach the target a cue showed only in the first steps) and summarize them."""
+    args.task, args.obs, args.seed_start, args.image_size, args.all, args.quiet = \
+        "cue-reach", "image", 0, 96, False, False
+    return cmd_collect(args)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from robopolicy.collect import collect
     from robopolicy.data.summary import summarize
 
-    out = Path(args.out)
-    if out.exists():
-        print(f"{out} exists already (an earlier quickstart); showing it. Remove it to import again.")
-        store = DemoStore.open(out)
-    else:
-        print(f"importing {args.src} (robomimic hdf5: Meta-World reach-v3, scripted expert) into {out}")
-        store = import_robomimic(args.src, out)
+    store, tried, succeeded = collect(args.task, args.episodes, args.out, obs=args.obs, seed_start=args.seed_start,
+                                      image_size=args.image_size, keep_failures=args.all, progress=not args.quiet)
     with store:
+        if tried:
+            print(f"this run: {tried} expert episodes, {succeeded} successful")
         print(summarize(store))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from robopolicy import envs
+
+    print(f"{'task':<20} {'kind':<10} {'obs keys (--obs image)':<32} {'action':<8} {'Hz':>4} {'steps':>5}  "
+          f"{'memory':<8} what")
+    for name, task in envs.TASKS.items():
+        cls = task.factory
+        camera = task.defaults.get("cameras", ("agentview",) if task.kind == "robosuite" else ("corner2",))[0]
+        keys = f"state({cls.state_dim}), {camera}_image"
+        memory = f"L={task.memory_span}" if task.memory_span else "-"
+        print(f"{name:<20} {task.kind:<10} {keys:<32} {'Box(' + str(7 if task.kind == 'robosuite' else 4) + ')':<8} "
+              f"{cls.control_hz:>4g} {task.max_episode_steps:>5}  {memory:<8} {task.description}")
+    print(f"\nmemory: history-dependent; L = steps back to the deciding information (the shipped long context, "
+          f"To=16 with stride {envs.CONTEXT_STRIDE}, covers {15 * envs.CONTEXT_STRIDE}).")
+    print(f"seeds: collection below {envs.EVAL_SEED_START:,}, evaluation from there up.")
     return 0
 
 
@@ -70,11 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robopolicy {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("quickstart", help="import the bundled demonstrations and print the store's summary",
+    p = sub.add_parser("quickstart", help="collect demonstrations of a history-dependent task and summarize them",
                        description=cmd_quickstart.__doc__)
-    p.add_argument("--src", default=str(QUICKSTART_SRC), help="robomimic hdf5 to import (default: the bundled one)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes to collect (default: %(default)s)")
     p.add_argument("--out", default=str(QUICKSTART_OUT), help="store to write (default: %(default)s)")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("tasks", help="list the registered tasks", description="Tasks with observation keys, "
+                       "action space, control rate, episode limit, and which are history-dependent (with L).")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("collect", help="collect scripted-expert demonstrations into a demo store",
+                       description="Run a task's scripted expert on consecutive seeds and store its successful "
+                                   "episodes (or all, with --all). Re-running the same command after an "
+                                   "interruption continues where the store left off.")
+    p.add_argument("--task", required=True, help="task name (see `robopolicy tasks`)")
+    p.add_argument("--episodes", type=int, required=True, help="episodes the store should hold")
+    p.add_argument("--obs", choices=("state", "image"), default="state", help="observations (default: %(default)s)")
+    p.add_argument("--seed-start", type=int, default=0, help="first episode seed (default: %(default)s)")
+    p.add_argument("--image-size", type=int, help="camera image size (default: the task's, 96 or 84)")
+    p.add_argument("--all", action="store_true", help="also store the expert's failed episodes")
+    p.add_argument("--out", required=True, help="store to write or continue, e.g. datasets/TASK.zarr")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("info", help="summarize a demo store", description="Episodes, lengths, keys, shapes, "
                        "dtypes, size on disk and action statistics of a demo store (folder or .zarr.zip).")

@@ -1,0 +1,78 @@
+"""Demonstrations from a task's scripted expert into a demo store, resumable after any crash.
+
+Every episode is one seed. Each stored frame carries its episode's seed, so a re-run after a crash
+(the store holds every committed episode) continues after the last seed stored; the expert is
+deterministic, so re-running an episode that had not been committed gives the same episode.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from robopolicy.data.store import DemoStore
+from robopolicy.errors import ConfigError
+
+
+def run_episode(env, seed: int) -> tuple[dict[str, np.ndarray], bool]:
+    """One expert episode: observations before each action, the action, success after it."""
+    obs, _ = env.reset(seed=seed)
+    expert = env.make_expert()
+    expert.reset()
+    frames, actions, successes = [], [], []
+    while True:
+        action = expert.act(env)
+        frames.append(obs)
+        actions.append(np.asarray(action, np.float32))
+        obs, _, terminated, truncated, info = env.step(action)
+        successes.append(bool(info["success"]))
+        if terminated or truncated:
+            break
+    episode = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+    episode["action"] = np.stack(actions)
+    episode["success"] = np.array(successes)
+    episode["seed"] = np.full(len(actions), seed, np.int64)
+    return episode, successes[-1]
+
+
+def collect(task: str, episodes: int, out: str | Path, obs: str = "state", seed_start: int = 0,
+            image_size: int | None = None, keep_failures: bool = False,
+            progress: bool = True) -> tuple[DemoStore, int, int]:
+    """Collect until ``out`` holds ``episodes`` episodes; returns (store, episodes tried, expert successes)
+    of this run."""
+    from robopolicy import envs
+
+    spec = envs.env_spec(task, obs, image_size)
+    out = Path(out)
+    if out.exists():
+        store = DemoStore.open(out, mode="a")
+        if store.env_spec != spec:
+            store.close()
+            raise ConfigError(f"{out} holds demonstrations of {store.env_spec}, not {spec}; choose another --out.")
+        seed = int(store.read("seed", store.n_frames - 1, store.n_frames)[0]) + 1 if store.n_episodes else seed_start
+    else:
+        store = DemoStore.create(out, env_spec=spec, fps=envs.get(task).factory.control_hz,
+                                 extra={"collect": {"expert": "scripted", "keep_failures": keep_failures}})
+        seed = seed_start
+    envs.collection_seeds(seed, max(episodes - store.n_episodes, 0))  # refuses evaluation seeds
+    env = envs.make(task, obs=obs, image_size=spec["image_size"])
+    tried = succeeded = 0
+    bar = tqdm(total=episodes, initial=store.n_episodes, desc=f"collect {task}", unit="episode",
+               disable=not progress)
+    try:
+        with store:
+            while store.n_episodes < episodes:
+                if seed >= envs.EVAL_SEED_START:
+                    raise ConfigError("ran out of collection seeds before the evaluation range")
+                episode, success = run_episode(env, seed)
+                tried, succeeded = tried + 1, succeeded + success
+                if success or keep_failures:
+                    store.append_episode(episode)
+                    bar.update(1)
+                bar.set_postfix(expert_success=f"{succeeded}/{tried}", seed=seed)
+                seed += 1
+    finally:
+        bar.close()
+        env.close()
+    return DemoStore.open(out), tried, succeeded
