@@ -8,7 +8,13 @@
 
 Installed from the top-level envs/ folder under the robopolicy namespace.
 """
-from robopolicy.envs.tasks import (
+import os
+
+# Headless rendering: mujoco picks its GL backend when first imported, so this runs before any submodule.
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+from robopolicy.envs.tasks import (  # noqa: E402
                                    CONTEXT_STRIDE,
                                    EVAL_SEED_START,
                                    TASKS,

@@ -6,16 +6,13 @@ here. (robomimic 0.3.0's own wrapper imports the retired ``mujoco_py``; robosuit
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from robopolicy.envs.sawyer import Expert  # noqa: E402
+from robopolicy.envs.sawyer import Expert
 
 # robomimic's low-dim observation keys for Lift, concatenated into "state" in this order
 STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object-state")

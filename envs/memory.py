@@ -64,7 +64,7 @@ class CueReach(MemoryTask):
         self.target = self.TARGETS[self.hidden]
         goal = self._site("goal")
         self.sim.model.site_pos[goal] = self.target
-        self.sim.model.site_size[goal] = 0.025
+        self.sim.model.site_size[goal] = 0.05  # a 5 cm ball: a dozen bright pixels in a 96x96 corner2 view
         self.sim.model.site_rgba[goal] = [0.1, 0.9, 0.1, 1.0]
 
     def step(self, action):
@@ -124,7 +124,7 @@ class CuePickPlace(MemoryTask):
         self.sim._set_obj_xyz(self.start)
         goal = self._site("goal")
         self.sim.model.site_pos[goal] = self.goal
-        self.sim.model.site_size[goal] = 0.025
+        self.sim.model.site_size[goal] = 0.05  # a 5 cm ball: a dozen bright pixels in a 96x96 corner2 view
         self.sim.model.site_rgba[goal] = [0.1, 0.9, 0.1, 1.0]
         self.raw = self.sim._get_obs()
         self.cue_visible = True

@@ -1,20 +1,17 @@
 """Offscreen MuJoCo rendering, headless and fast.
 
-MUJOCO_GL must be chosen before mujoco creates a context: EGL unless the user chose otherwise.
+MUJOCO_GL is chosen (EGL unless the user chose otherwise) in robopolicy/envs/__init__.py, which runs
+before this module and before anything imports mujoco.
 Shadows and MSAA dominate the cost of a small frame (73 ms -> 11 ms for an 84x84 Meta-World frame on
 2 CPU cores), so both are off: set on the model before the first renderer exists.
 """
 from __future__ import annotations
 
 import atexit
-import os
 import weakref
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
 
 def make_fast(model: mujoco.MjModel) -> None:

@@ -12,10 +12,11 @@ import zlib
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from robopolicy.envs.rendering import Cameras  # sets MUJOCO_GL before mujoco loads
+from robopolicy.envs.rendering import Cameras
 
 STEP_LIMIT_SAFETY = 10**6  # Meta-World raises past max_path_length; our TimeLimit is max_episode_steps
 
@@ -41,6 +42,8 @@ class SawyerTask(gym.Env):
         self.sim.max_path_length = STEP_LIMIT_SAFETY
         self.sim._set_task_called = True  # we choose the variant ourselves, per episode seed
         self.sim._partially_observable = False
+        # Meta-World clips every step's observation to a space cached while the goal was hidden: recompute it
+        vars(self.sim).pop("sawyer_observation_space", None)
         self._cameras: Cameras | None = None
         space = {"state": spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)}
         if obs == "image":
@@ -66,6 +69,7 @@ class SawyerTask(gym.Env):
         self._before_reset(np.random.default_rng([salt, variant]))
         self.raw, _ = sim.reset()
         self._after_reset()
+        mujoco.mj_forward(sim.model, sim.data)  # positions of moved sites/objects, before the first render
         self.t = 0
         return self._observe(), {"seed": self.episode_seed, "success": False}
 
@@ -123,10 +127,11 @@ class SawyerTask(gym.Env):
 
 
 class Expert:
-    """A scripted demonstrator. It may read the task's privileged state (it is the teacher)."""
+    """A scripted demonstrator. It may read the task's privileged state (it is the teacher).
+    ``decision_steps`` lists the steps where it acted on what only the past shows (memory tasks)."""
 
     def reset(self) -> None:
-        pass
+        self.decision_steps: list[int] = []
 
     def act(self, env: SawyerTask) -> np.ndarray:
         raise NotImplementedError

@@ -37,7 +37,7 @@ def run_episode(env, seed: int) -> tuple[dict[str, np.ndarray], bool]:
 
 
 def collect(task: str, episodes: int, out: str | Path, obs: str = "state", seed_start: int = 0,
-            image_size: int | None = None, keep_failures: bool = False,
+            image_size: int | None = None, keep_failures: bool = False, max_tries: int | None = None,
             progress: bool = True) -> tuple[DemoStore, int, int]:
     """Collect until ``out`` holds ``episodes`` episodes; returns (store, episodes tried, expert successes)
     of this run."""
@@ -62,9 +62,12 @@ def collect(task: str, episodes: int, out: str | Path, obs: str = "state", seed_
                disable=not progress)
     try:
         with store:
+            max_tries = max_tries or 2 * (episodes - store.n_episodes) + 10
             while store.n_episodes < episodes:
-                if seed >= envs.EVAL_SEED_START:
-                    raise ConfigError("ran out of collection seeds before the evaluation range")
+                if tried >= max_tries:
+                    raise ConfigError(f"the {task} expert succeeded in only {succeeded} of {tried} episodes; the "
+                                      f"store keeps those, but this is far below what it should do. Check the task "
+                                      "setup (or pass --all to keep failures).")
                 episode, success = run_episode(env, seed)
                 tried, succeeded = tried + 1, succeeded + success
                 if success or keep_failures:

@@ -24,6 +24,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip_install --upgrade pip
   pip_install $TORCH
   pip_install -e ".[dev]"
+  # robosuite without its dependencies: it pins mink, which pins numpy<2; Lift never imports mink
+  pip_install --no-deps "robosuite==1.5.2"
   "$PY" -c "import robopolicy, torch, zarr" # fail here, not in a test, if the install did not take
   echo "$want" > "$stamp"
 fi

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from robopolicy import envs
+from robopolicy.envs import memory
+from robopolicy.envs.proofs import IMAGE_TOL, STATE_TOL, prove, rollout
+from robopolicy.errors import ConfigError
+
+MEMORY_TASKS = [n for n, t in envs.TASKS.items() if t.kind == "memory"]
+METAWORLD_TASKS = [n for n, t in envs.TASKS.items() if t.kind == "metaworld"]
+
+
+def test_tasks_cli_lists_the_suite():
+    result = run_cli("tasks")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if len(line.split()) > 2]
+    kinds = [row[1] for row in rows]
+    assert kinds.count("metaworld") >= 8 and kinds.count("memory") >= 3 and kinds.count("robosuite") >= 1
+    assert all(any(cell.startswith("L=") for cell in row) for row in rows if row[1] == "memory")
+    assert any(row[0] == "lift" for row in rows)
+
+
+def test_every_memory_span_fits_the_shipped_long_context_and_not_a_short_one():
+    for name in MEMORY_TASKS:
+        span = envs.get(name).memory_span
+        assert 1 < span <= (16 - 1) * envs.CONTEXT_STRIDE, name  # To=16 with its stride sees it; To=2 does not
+
+
+@pytest.mark.parametrize("name", ["push", "cue-pick-place"])
+def test_initial_condition_is_a_function_of_the_seed(name):
+    a, b = envs.make(name), envs.make(name)
+    first, _ = a.reset(seed=5)
+    a.reset(seed=6)
+    for _ in range(20):
+        a.step(a.action_space.sample())
+    again, _ = a.reset(seed=5)  # whatever ran before in this env ...
+    fresh, _ = b.reset(seed=5)  # ... or in another one
+    assert np.array_equal(first["state"], again["state"]) and np.array_equal(first["state"], fresh["state"])
+    other, _ = b.reset(seed=7)
+    assert np.abs(other["state"] - first["state"]).max() > 1e-3
+
+
+def test_collection_and_evaluation_seeds_are_disjoint_and_workers_never_repeat():
+    collected = set(envs.collection_seeds(0, 5000))
+    assert not collected & set(envs.eval_seeds(500))
+    with pytest.raises(ConfigError, match="evaluation seeds"):
+        envs.collection_seeds(envs.EVAL_SEED_START - 3, 10)
+    seeds = envs.collection_seeds(100, 1000)
+    shares = [set(envs.worker_seeds(seeds, w, 3)) for w in range(3)]
+    assert set().union(*shares) == set(seeds) and sum(map(len, shares)) == len(seeds)
+
+
+def test_image_observations_have_the_declared_keys_and_change_with_the_scene():
+    env = envs.make("pick-place", obs="image", image_size=64)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"state", "corner2_image"}
+    img = obs["corner2_image"]
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 10
+    assert env.observation_space.contains(obs)
+    for _ in range(15):
+        obs, *_ = env.step(np.array([1.0, 0.0, 0.0, 0.0]))
+    assert np.abs(obs["corner2_image"].astype(int) - img).mean() > 0.2  # the arm moved in the picture
+    env.close()
+
+
+@pytest.mark.parametrize("name", MEMORY_TASKS)
+def test_memory_proof(name):
+    """Histories that differ only in the hidden variable look the same at the decision step, while the
+    expert acts differently there; the deciding information lies within the declared span."""
+    task = envs.get(name)
+    proof = prove(task.factory, seed=4)
+    assert proof.state_diff <= STATE_TOL and proof.image_diff <= IMAGE_TOL, proof
+    assert proof.action_diff > 0.5, proof
+    assert 0 < proof.measured_span <= task.memory_span, proof
+
+
+def test_memory_tasks_hide_the_variable_from_the_state_and_the_picture():
+    # the cue is in the first observation and gone by the decision step
+    a = rollout(memory.CueReach, 0)
+    assert np.any(a.obs[0]["state"][7:] != 0) and np.all(a.obs[a.decision_steps[0]]["state"][7:] == 0)
+    b = rollout(memory.CueReach, 1)
+    seen = np.abs(a.obs[0]["corner2_image"].astype(int) - b.obs[0]["corner2_image"]).max(-1)
+    assert (seen > 100).sum() >= 10  # the cue is plainly in the picture at the start ...
+    gone = np.abs(a.obs[a.decision_steps[0]]["corner2_image"].astype(int) - b.obs[b.decision_steps[0]]["corner2_image"])
+    assert gone.max() == 0  # ... and nowhere at the decision step
+
+
+@pytest.mark.parametrize("name", METAWORLD_TASKS + MEMORY_TASKS)
+def test_expert_succeeds(name):
+    rates = [rollout(envs.get(name).factory, seed, obs="state").success for seed in range(6)]
+    assert sum(rates) >= 5, rates
+
+
+def test_lift_builds_from_a_robomimic_env_spec_and_its_expert_lifts():
+    spec = {"type": "robomimic", "env_args": {"env_name": "Lift", "type": 1, "env_kwargs": {
+        "robots": ["Panda"], "control_freq": 20, "use_camera_obs": False, "has_renderer": True, "horizon": 500}}}
+    env = envs.make_from_spec(spec)
+    assert env.sim_env.control_freq == 20 and not env.sim_env.has_renderer  # ours: never an onscreen window
+    successes = 0
+    for seed in range(3):
+        env.reset(seed=seed)
+        expert = env.make_expert()
+        expert.reset()
+        for _ in range(env.max_episode_steps):
+            _, _, done, truncated, info = env.step(expert.act(env))
+            if done or truncated:
+                break
+        successes += info["success"]
+    assert successes == 3
+    first, _ = env.reset(seed=11)
+    again, _ = env.reset(seed=11)
+    assert np.array_equal(first["state"], again["state"])
+    env.close()
+
+
+def test_gymnasium_registration():
+    import gymnasium as gym
+
+    env = gym.make("robopolicy/cue-reach", obs="state")
+    obs, info = env.reset(seed=2)
+    assert obs["state"].shape == (envs.get("cue-reach").factory.state_dim,) and info["seed"] == 2
