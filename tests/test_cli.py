@@ -2,7 +2,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 
-VERBS = [[], ["quickstart"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"], ["bench"],
+VERBS = [[], ["quickstart"], ["tasks"], ["collect"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"], ["bench"],
          ["bench", "data"]]
 
 
@@ -12,14 +12,21 @@ def test_help_on_every_verb(verb):
     assert result.returncode == 0 and "usage: robopolicy" in result.stdout
 
 
-def test_quickstart_imports_the_bundled_demos_and_summarizes(tmp_path):
-    result = run_cli("quickstart", "--out", str(tmp_path / "qs.zarr"), cwd=tmp_path)
+def test_quickstart_collects_a_memory_task_and_summarizes(tmp_path):
+    result = run_cli("quickstart", "--episodes", "2", "--out", str(tmp_path / "qs.zarr"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for words in ("episodes  6", "corner2_image", "(64, 64, 3)", "action statistics", "filters   train (5), valid (1)"):
+    for words in ("episodes  2", "corner2_image", "(96, 96, 3)", '"task": "cue-reach"', "action statistics"):
         assert words in result.stdout
-    again = run_cli("quickstart", "--out", str(tmp_path / "qs.zarr"), cwd=tmp_path)
-    assert again.returncode == 0 and "exists already" in again.stdout and "episodes  6" in again.stdout
-    assert (ROOT / "datasets" / "fixtures" / "reach_demos.hdf5").exists()
+    again = run_cli("quickstart", "--episodes", "2", "--out", str(tmp_path / "qs.zarr"), cwd=tmp_path)
+    assert again.returncode == 0 and "episodes  2" in again.stdout and "this run" not in again.stdout
+
+
+def test_import_the_bundled_robomimic_file(tmp_path):
+    src = ROOT / "datasets" / "fixtures" / "reach_demos.hdf5"
+    result = run_cli("import", "robomimic", str(src), "--out", str(tmp_path / "reach.zarr"))
+    assert result.returncode == 0, result.stderr
+    for words in ("episodes  6", "corner2_image", "(64, 64, 3)", "filters   train (5), valid (1)"):
+        assert words in result.stdout
 
 
 def test_bench_data_runs_and_prints_ratios():
