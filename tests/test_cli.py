@@ -2,8 +2,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 
-VERBS = [[], ["quickstart"], ["tasks"], ["collect"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"], ["bench"],
-         ["bench", "data"]]
+VERBS = [[], ["quickstart"], ["tasks"], ["collect"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"],
+         ["bench"], ["bench", "data"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "robopolicy")
