@@ -1,9 +1,9 @@
 """robopolicy.envs: MuJoCo tasks with scripted experts, registered with gymnasium as robopolicy/<name>.
 
     from robopolicy import envs
-    env = envs.make("cue-reach", obs="image")       # or gymnasium.make("robopolicy/cue-reach", obs="image")
+    env = envs.make("cue-reach", obs="image")   # or gymnasium.make("robopolicy/cue-reach", obs="image").unwrapped
     obs, info = env.reset(seed=0)
-    expert = env.make_expert(); expert.reset()
+    expert = env.make_expert(); expert.reset()  # the expert reads the task's privileged state: pass the task
     obs, reward, terminated, truncated, info = env.step(expert.act(env))
 
 Installed from the top-level envs/ folder under the robopolicy namespace.

@@ -40,6 +40,7 @@ class LiftTask(gym.Env):
         self.obs_mode, self.image_size, self.camera_names = obs, int(image_size), tuple(cameras)
         self.render_mode = render_mode
         kwargs = {k: v for k, v in self.env_args.get("env_kwargs", {}).items() if k not in _OWN_KWARGS}
+        kwargs = _upgrade_controller_config(kwargs)
         images = obs == "image"
         self.sim_env = robosuite.make(
             self.env_args["env_name"], **kwargs, has_renderer=False, has_offscreen_renderer=images,
@@ -61,25 +62,29 @@ class LiftTask(gym.Env):
             seed = int(self.np_random.integers(2**31 - 1))
         self.episode_seed = int(seed)
         rng = np.random.default_rng(self.episode_seed)
-        self.sim_env.rng = rng  # cube placement draws from here...
+        self.sim_env.rng = rng  # cube placement and the robot's initial joint noise draw from here
         if self.sim_env.placement_initializer is not None:
             self.sim_env.placement_initializer.rng = rng
-        state = np.random.get_state()  # ...and the robot's initial joint noise from numpy's global generator
-        np.random.seed(self.episode_seed % 2**32)
-        try:
-            self.raw = self.sim_env.reset()
-        finally:
-            np.random.set_state(state)
+        self._claim_gl()
+        self.raw = self.sim_env.reset()
         self.t = 0
         self.z0 = float(self.raw["cube_pos"][2])
         return self._observe(), {"seed": self.episode_seed, "success": False}
 
     def step(self, action) -> tuple[dict, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, np.float32), self.action_space.low, self.action_space.high)
+        self._claim_gl()
         self.raw, _, _, _ = self.sim_env.step(action)
         self.t += 1
         success = bool(self.sim_env._check_success())
         return self._observe(), float(success), success, self.t >= self.max_episode_steps, {"success": success}
+
+    def _claim_gl(self) -> None:
+        """robosuite renders into whatever GL context is current without making its own current: with any
+        other renderer in the process (a Meta-World task, say) its camera images would come out black."""
+        context = getattr(self.sim_env.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
 
     def _observe(self) -> dict[str, np.ndarray]:
         obs = {"state": np.concatenate([np.ravel(self.raw[k]) for k in STATE_KEYS]).astype(np.float32)}
@@ -95,6 +100,22 @@ class LiftTask(gym.Env):
 
     def make_expert(self) -> Expert:
         return _LiftExpert()
+
+
+def _upgrade_controller_config(kwargs: dict) -> dict:
+    """robomimic files keep robosuite 1.4's arm-only controller config ({"type": "OSC_POSE", ...});
+    robosuite 1.5 wants a composite one with the arm config inside."""
+    from robosuite.controllers.composite.composite_controller_factory import (
+        is_part_controller_config,
+        refactor_composite_controller_config,
+    )
+
+    config = kwargs.get("controller_configs")
+    if config is None or not is_part_controller_config(config):
+        return kwargs
+    robots = kwargs.get("robots", ["Panda"])
+    robot = robots[0] if isinstance(robots, (list, tuple)) else robots
+    return {**kwargs, "controller_configs": refactor_composite_controller_config(config, robot, ["right"])}
 
 
 class _LiftExpert(Expert):

@@ -86,8 +86,12 @@ def env_spec(name: str, obs: str, image_size: int | None = None) -> dict:
 def make_from_spec(spec: dict) -> gym.Env:
     """Rebuild the env a store was collected in (ours, or a robomimic file's robosuite env)."""
     if spec.get("type") == "robomimic":
-        return LiftTask(obs="image" if spec["env_args"].get("env_kwargs", {}).get("use_camera_obs") else "state",
-                        env_args=spec["env_args"])
+        kwargs = spec["env_args"].get("env_kwargs", {})
+        if not kwargs.get("use_camera_obs"):
+            return LiftTask(obs="state", env_args=spec["env_args"])
+        cameras = kwargs.get("camera_names", ["agentview"])
+        return LiftTask(obs="image", env_args=spec["env_args"], image_size=kwargs.get("camera_heights", 84),
+                        cameras=tuple([cameras] if isinstance(cameras, str) else cameras))
     kwargs = {"image_size": spec["image_size"]}
     if "env_args" in spec:
         kwargs["env_args"] = spec["env_args"]

@@ -47,15 +47,21 @@ def collect(task: str, episodes: int, out: str | Path, obs: str = "state", seed_
     out = Path(out)
     if out.exists():
         store = DemoStore.open(out, mode="a")
-        if store.env_spec != spec:
+        kept = store.extra.get("collect", {})
+        if store.env_spec != spec or kept.get("keep_failures") != keep_failures \
+                or kept.get("seed_start", seed_start) != seed_start:
             store.close()
-            raise ConfigError(f"{out} holds demonstrations of {store.env_spec}, not {spec}; choose another --out.")
+            raise ConfigError(f"{out} was collected with {store.env_spec}, seed start {kept.get('seed_start')}, "
+                              f"keep failures {kept.get('keep_failures')}: not what was asked now ({spec}, seed "
+                              f"start {seed_start}, keep failures {keep_failures}). Re-run the same command to "
+                              "continue it, or choose another --out.")
         seed = int(store.read("seed", store.n_frames - 1, store.n_frames)[0]) + 1 if store.n_episodes else seed_start
     else:
         store = DemoStore.create(out, env_spec=spec, fps=envs.get(task).factory.control_hz,
-                                 extra={"collect": {"expert": "scripted", "keep_failures": keep_failures}})
+                                 extra={"collect": {"expert": "scripted", "keep_failures": keep_failures,
+                                                     "seed_start": seed_start}})
         seed = seed_start
-    envs.collection_seeds(seed, max(episodes - store.n_episodes, 0))  # refuses evaluation seeds
+    envs.collection_seeds(seed, max(episodes - store.n_episodes, 0))  # refuses evaluation seeds up front
     env = envs.make(task, obs=obs, image_size=spec["image_size"])
     tried = succeeded = 0
     bar = tqdm(total=episodes, initial=store.n_episodes, desc=f"collect {task}", unit="episode",
@@ -64,6 +70,7 @@ def collect(task: str, episodes: int, out: str | Path, obs: str = "state", seed_
         with store:
             max_tries = max_tries or 2 * (episodes - store.n_episodes) + 10
             while store.n_episodes < episodes:
+                envs.collection_seeds(seed, 1)  # never an evaluation seed
                 if tried >= max_tries:
                     raise ConfigError(f"the {task} expert succeeded in only {succeeded} of {tried} episodes; the "
                                       f"store keeps those, but this is far below what it should do. Check the task "

@@ -61,7 +61,9 @@ def test_collect_refuses_evaluation_seeds_and_a_foreign_store(tmp_path):
     assert result.returncode == 2 and "evaluation seeds" in result.stderr and "Traceback" not in result.stderr
     assert run_cli("collect", "--task", "reach", "--episodes", "1", "--out", str(tmp_path / "r.zarr")).returncode == 0
     result = run_cli("collect", "--task", "push", "--episodes", "2", "--out", str(tmp_path / "r.zarr"))
-    assert result.returncode == 2 and "not" in result.stderr
+    assert result.returncode == 2 and "not what was asked now" in result.stderr
+    result = run_cli("collect", "--task", "reach", "--episodes", "2", "--all", "--out", str(tmp_path / "r.zarr"))
+    assert result.returncode == 2 and "keep failures" in result.stderr
     result = run_cli("collect", "--task", "nope", "--episodes", "2", "--out", str(tmp_path / "n.zarr"))
     assert result.returncode == 2 and "unknown task" in result.stderr
 
