@@ -8,10 +8,28 @@ Shadows and MSAA dominate the cost of a small frame (73 ms -> 11 ms for an 84x84
 from __future__ import annotations
 
 import atexit
+import importlib
+import os
 import weakref
 
 import mujoco
 import numpy as np
+
+
+def _headless_gl() -> None:
+    """If something imported mujoco before robopolicy.envs (robosuite does) with MUJOCO_GL unset, mujoco
+    chose GLFW, which needs a display: switch it to the headless backend asked for now."""
+    want = os.environ.get("MUJOCO_GL", "egl").lower()
+    if want not in ("egl", "osmesa") or os.environ.get("DISPLAY"):
+        return
+    from mujoco import gl_context
+
+    backend = importlib.import_module(f"mujoco.{want}")
+    if gl_context.GLContext is not backend.GLContext:
+        gl_context.GLContext = backend.GLContext
+
+
+_headless_gl()
 
 
 def make_fast(model: mujoco.MjModel) -> None:

@@ -152,3 +152,17 @@ def test_gymnasium_registration_and_the_documented_use():
     expert.reset()
     obs, reward, terminated, truncated, info = env.step(expert.act(env))
     assert env.t == 1 and not truncated
+
+
+def test_headless_rendering_needs_no_setup_even_after_robosuite_loaded_mujoco():
+    """MUJOCO_GL unset and robosuite imported first (it imports mujoco, which then picks GLFW)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import robosuite\nfrom robopolicy import envs\nenv = envs.make('cue-reach', obs='image')\n"
+              "obs, _ = env.reset(seed=0)\nprint('mean', obs['corner2_image'].mean())\nenv.close()\n")
+    environ = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split("mean")[-1]) > 50

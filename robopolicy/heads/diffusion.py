@@ -1,0 +1,78 @@
+"""Diffusion head (Diffusion Policy): an action chunk denoised from Gaussian noise, conditioned on
+per-frame observation features.
+
+Training: DDPM with 100 steps, squaredcos_cap_v2 betas, epsilon prediction, clipped samples; the
+loss is the noise MSE averaged over the supervised tokens and action dimensions, every token
+weighted the same (no lambda): Diffusion Policy supervises tokens [To-1, H), Past-Token Prediction
+all H (its past tokens are noised targets like the future ones, never clean inputs).
+Sampling: DDIM with few steps (or DDPM with all 100), K candidates per observation in one batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+from robopolicy.errors import ConfigError
+from robopolicy.models.unet1d import ConditionalUnet1D
+
+
+@dataclass
+class DiffusionHeadConfig:
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 128
+    train_steps: int = 100
+    sampler: str = "ddim"  # "ddim" or "ddpm" (all train_steps)
+    inference_steps: int = 10
+    supervise_past: bool = False  # True: Past-Token Prediction (all H tokens); False: tokens To-1..H-1
+    scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
+                                                             "prediction_type": "epsilon", "clip_sample": True})
+
+
+class DiffusionHead(nn.Module):
+    def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: DiffusionHeadConfig):
+        super().__init__()
+        if cfg.sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"diffusion sampler must be 'ddim' or 'ddpm', got {cfg.sampler!r}")
+        self.cfg, self.action_dim, self.horizon, self.n_obs = cfg, action_dim, horizon, n_obs
+        self.denoiser = ConditionalUnet1D(action_dim, n_obs * cond_dim, cfg.down_dims, cfg.kernel_size,
+                                          cfg.n_groups, cfg.step_embed_dim)
+        self.noise_schedule = DDPMScheduler(num_train_timesteps=cfg.train_steps, **cfg.scheduler_kwargs)
+        first = 0 if cfg.supervise_past else n_obs - 1
+        self.register_buffer("token_weight", (torch.arange(horizon) >= first).float(), persistent=False)
+
+    def loss(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """cond (B, To, D) per-frame features, actions (B, H, Da) normalized to [-1, 1]."""
+        noise = torch.randn_like(actions)
+        steps = torch.randint(0, self.cfg.train_steps, (actions.shape[0],), device=actions.device)
+        noisy = self.noise_schedule.add_noise(actions, noise, steps)
+        error = (self.denoiser(noisy, steps, cond.flatten(1)) - noise) ** 2
+        weight = self.token_weight[None, :, None]
+        return (error * weight).sum() / (weight.sum() * actions.shape[0] * actions.shape[2])
+
+    def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, dict]:
+        """K candidate chunks per observation: (B, K, H, Da), and an (empty) info dict."""
+        with torch.inference_mode():
+            batch = cond.shape[0]
+            flat = cond.flatten(1).repeat_interleave(k, dim=0)
+            x = torch.randn((batch * k, self.horizon, self.action_dim), generator=generator, device=cond.device)
+            scheduler = self._sampler()
+            for t in scheduler.timesteps:
+                eps = self.denoiser(x, t.to(cond.device).reshape(1), flat)
+                x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            return x.reshape(batch, k, self.horizon, self.action_dim), {}
+
+    def _sampler(self):
+        """A fresh scheduler per call: diffusers schedulers keep per-run state."""
+        if self.cfg.sampler == "ddpm":
+            scheduler = DDPMScheduler(num_train_timesteps=self.cfg.train_steps, **self.cfg.scheduler_kwargs)
+            scheduler.set_timesteps(self.cfg.train_steps)
+        else:
+            scheduler = DDIMScheduler(num_train_timesteps=self.cfg.train_steps, **self.cfg.scheduler_kwargs)
+            scheduler.set_timesteps(self.cfg.inference_steps)
+        return scheduler
