@@ -45,7 +45,8 @@ class LiftTask(gym.Env):
         self.sim_env = robosuite.make(
             self.env_args["env_name"], **kwargs, has_renderer=False, has_offscreen_renderer=images,
             use_camera_obs=images, camera_names=list(self.camera_names), camera_heights=self.image_size,
-            camera_widths=self.image_size, ignore_done=True, hard_reset=False)
+            camera_widths=self.image_size, ignore_done=True, hard_reset=False,
+            seed=0)  # the model (Lift draws its cube size when building it) is the same in every env
         self.control_hz = float(self.sim_env.control_freq)
         space = {"state": spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)}
         if images:

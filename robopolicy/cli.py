@@ -74,6 +74,16 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from robopolicy.config import load_config
+    from robopolicy.train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    policy_dir = train(cfg, args.store, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"policy (EMA weights): {policy_dir}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from robopolicy.bench.data import run_data_bench
 
@@ -131,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out", required=True, help="new store to write (must not exist)")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         q.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("train", help="train a policy on a demo store",
+                       description="Train a policy: a shipped config by name (or a YAML path) with dotted "
+                                   "overrides, e.g. `robopolicy train --config diffusion --store S --out D "
+                                   "train.steps=500`. Writes D/policy (EMA weights), D/last, D/train_state.pt.")
+    p.add_argument("--config", required=True, help="shipped config name or YAML path")
+    p.add_argument("--store", required=True, help="demo store to train on")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, key.sub=value")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")

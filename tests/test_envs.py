@@ -36,10 +36,7 @@ def test_initial_condition_is_a_function_of_the_seed(name):
         a.step(a.action_space.sample())
     again, _ = a.reset(seed=5)  # whatever ran before in this env ...
     fresh, _ = b.reset(seed=5)  # ... or in another one
-    # Sawyer tasks: bit for bit; robosuite keeps solver warm-starts across soft resets (below 1e-3)
-    tol = 0 if envs.get(name).kind != "robosuite" else 1e-3
-    np.testing.assert_allclose(first["state"], again["state"], atol=tol, rtol=0)
-    np.testing.assert_allclose(first["state"], fresh["state"], atol=tol, rtol=0)
+    assert np.array_equal(first["state"], again["state"]) and np.array_equal(first["state"], fresh["state"])
     other, _ = b.reset(seed=7)
     assert np.abs(other["state"] - first["state"]).max() > 1e-2
     a.close()

@@ -72,7 +72,7 @@ class InMemoryWindows:
     def batch(self, rows: np.ndarray) -> dict:
         return self.gather(self.arrays, self.index, np.asarray(rows))
 
-    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0,
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int | tuple[int, ...] = 0,
                 drop_last: bool = True) -> Iterator[dict]:
         """One epoch of batches."""
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))

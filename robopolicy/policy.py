@@ -1,0 +1,115 @@
+"""Policy = normalizer + observation encoder + head. It acts on raw observation windows.
+
+Checkpoint folder (no pickles): ``model.safetensors`` (weights and normalizer statistics),
+``config.yaml`` (the full Config), ``schema.json`` (observation keys, shapes, dtypes, action size).
+Loading is strict: a missing, unexpected or differently shaped tensor is one ConfigError naming it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from robopolicy.config import Config, load_config
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.store import Field
+from robopolicy.errors import ConfigError
+from robopolicy.heads.diffusion import DiffusionHead
+from robopolicy.models.encoders import ObsEncoder
+
+
+@dataclass
+class ActionChunk:
+    actions: np.ndarray  # (Ta, Da) to execute, in the environment's action space
+    t0: int  # the step the first action is for
+    scores: np.ndarray | None = None  # per candidate, when the head scored several
+
+
+def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
+    keys = cfg.data.obs_keys or [k for k, f in schema.items() if f.is_image] + ["state"]
+    missing = [k for k in keys if k not in schema]
+    if missing:
+        raise ConfigError(f"config asks for observation keys {missing}; the store has {sorted(schema)}")
+    return keys
+
+
+class Policy(nn.Module):
+    def __init__(self, cfg: Config, schema: dict[str, Field], normalizer: Normalizer):
+        super().__init__()
+        self.cfg, self.schema, self.normalizer = cfg, dict(schema), normalizer
+        self.obs_keys = obs_keys_of(cfg, schema)
+        images = {k: schema[k].shape[0] for k in self.obs_keys if schema[k].is_image}
+        low_dim = {k: int(np.prod(schema[k].shape)) for k in self.obs_keys if not schema[k].is_image}
+        self.encoder = ObsEncoder(images, low_dim, cfg.policy.encoder)
+        self.action_dim = int(np.prod(schema[cfg.data.action_key].shape))
+        if cfg.policy.head != "diffusion":
+            raise ConfigError(f"unknown head {cfg.policy.head!r}; available: diffusion")
+        self.head = DiffusionHead(self.action_dim, cfg.data.horizon, cfg.data.n_obs, self.encoder.out_dim,
+                                  cfg.policy.diffusion)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """A training batch from the loaders (already normalized): obs (B, To, ...), action (B, H, Da)."""
+        return self.head.loss(self.encoder(batch["obs"]), batch["action"])
+
+    @torch.no_grad()
+    def act(self, obs_window: dict[str, np.ndarray], executed_actions: np.ndarray | None = None, k: int = 1,
+            generator: torch.Generator | None = None, t0: int = 0) -> ActionChunk:
+        """``obs_window[key]``: (To, ...) raw observations, oldest first. Returns the Ta actions from now."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        obs = {}
+        for key in self.obs_keys:
+            x = np.asarray(obs_window[key])
+            if key in self.normalizer.scale:
+                x = self.normalizer.normalize(key, x)
+            obs[key] = torch.as_tensor(x, device=device)[None]
+        candidates, info = self.head.sample(self.encoder(obs), k=k, generator=generator)
+        chunk = self.normalizer.unnormalize(self.cfg.data.action_key, candidates[0, 0].float().cpu().numpy())
+        start = self.cfg.data.n_obs - 1
+        self.train(was_training)
+        return ActionChunk(chunk[start: start + self.cfg.data.n_action_steps], t0, info.get("scores"))
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        from omegaconf import OmegaConf
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in (weights or self.state_dict()).items()}
+        tensors.update({f"normalizer.{k}": v for k, v in self.normalizer.state_dict().items()})
+        save_file(tensors, folder / "model.safetensors")
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
+        (folder / "schema.json").write_text(json.dumps({k: f.to_json() for k, f in self.schema.items()}, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str = "cpu") -> Policy:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in ("model.safetensors", "config.yaml", "schema.json"):
+            if not (folder / name).is_file():
+                raise ConfigError(f"{folder}: not a policy checkpoint (no {name}); pass the folder "
+                                  "`robopolicy train` wrote")
+        cfg = load_config(folder / "config.yaml")
+        schema = {k: Field.from_json(v) for k, v in json.loads((folder / "schema.json").read_text()).items()}
+        tensors = load_file(folder / "model.safetensors", device=map_location)
+        norm = {k.removeprefix("normalizer."): v for k, v in tensors.items() if k.startswith("normalizer.")}
+        policy = cls(cfg, schema, Normalizer.from_state_dict(norm))
+        policy.load_weights({k: v for k, v in tensors.items() if not k.startswith("normalizer.")}, folder)
+        return policy
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str | Path = "weights") -> None:
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+        shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in tensors and tensors[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ConfigError(f"{source} does not fit this policy: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, shape mismatches {shapes[:5]} (saved vs built)")
+        self.load_state_dict(tensors, strict=True)

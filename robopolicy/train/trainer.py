@@ -1,0 +1,139 @@
+"""One training loop for every head: AdamW, warmup + cosine, EMA, checkpoints, exact resume.
+
+Output folder: ``policy/`` (the EMA weights: what evaluation and serving load), ``last/`` (the
+raw weights), ``train_state.pt`` (optimizer, LR schedule, EMA, step, RNG: loaded with
+weights_only=True) and ``log.jsonl``. Batch order is a function of (seed, epoch), so a resumed run
+replays exactly the batches the interrupted one would have seen.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from robopolicy.config import Config
+from robopolicy.data.loaders import InMemoryWindows, WindowGather
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.store import DemoStore
+from robopolicy.data.windows import WindowSpec, split_episodes
+from robopolicy.errors import ConfigError
+from robopolicy.policy import Policy, obs_keys_of
+
+
+class EMA:
+    """Exponential moving average of weights, decay 1 - (1 + step)^-power capped at ``max_decay``
+    (Diffusion Policy's schedule: fast early, slow late)."""
+
+    def __init__(self, model: torch.nn.Module, power: float, max_decay: float):
+        self.power, self.max_decay, self.step = power, max_decay, 0
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.step += 1
+        decay = min(self.max_decay, max(0.0, 1 - (1 + self.step) ** -self.power))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.weights[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                self.weights[k].copy_(v)
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+    return f
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    out = Path(out)
+    if out.exists() and not resume and any(out.iterdir()):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    device = _device(cfg.train.device)
+
+    with DemoStore.open(store_path) as store:
+        schema = store.schema
+        obs_keys = obs_keys_of(cfg, schema)
+        low_dim = [k for k in obs_keys if not schema[k].is_image]
+        stats_keys = low_dim + [cfg.data.action_key]
+        normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys})
+        train_eps, _ = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
+        spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride)
+        data = InMemoryWindows(store, WindowGather(spec, obs_keys, cfg.data.action_key, normalizer), train_eps)
+
+    policy = Policy(cfg, schema, normalizer).to(device)
+    optim = torch.optim.AdamW(policy.parameters(), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas),
+                              weight_decay=cfg.train.optim.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps))
+    ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max)
+    step = 0
+    if resume and (out / "train_state.pt").exists():
+        state = torch.load(out / "train_state.pt", weights_only=True, map_location=device)
+        policy.load_weights(state["model"], out / "train_state.pt")
+        optim.load_state_dict(state["optim"])
+        schedule.load_state_dict(state["schedule"])
+        ema.weights, ema.step, step = state["ema"], state["ema_step"], state["step"]
+        torch.set_rng_state(state["rng"])
+
+    per_epoch = len(data) // cfg.data.batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"{len(data)} training windows are fewer than one batch of {cfg.data.batch_size}")
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not progress)
+    log = (out / "log.jsonl").open("a")
+    t_last, n_last = time.perf_counter(), step
+    policy.train()
+    while step < cfg.train.steps:
+        epoch, skip = divmod(step, per_epoch)
+        for i, batch in enumerate(data.batches(cfg.data.batch_size, seed=(cfg.train.seed, epoch))):
+            if i < skip:
+                continue
+            batch = {"obs": {k: v.to(device) for k, v in batch["obs"].items()}, "action": batch["action"].to(device)}
+            loss = policy.loss(batch)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.optim.grad_clip)
+            optim.step()
+            schedule.step()
+            ema.update(policy)
+            step += 1
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                rate = (step - n_last) * cfg.data.batch_size / (time.perf_counter() - t_last)
+                t_last, n_last = time.perf_counter(), step
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
+                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]}) + "\n")
+                log.flush()
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                _checkpoint(out, policy, ema, optim, schedule, step)
+            if step >= cfg.train.steps:
+                break
+    bar.close()
+    log.close()
+    return out / "policy"
+
+
+def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int) -> None:
+    policy.save(out / "policy", weights=ema.weights)
+    policy.save(out / "last")
+    tmp = out / "train_state.pt.tmp"
+    torch.save({"model": policy.state_dict(), "optim": optim.state_dict(), "schedule": schedule.state_dict(),
+                "ema": ema.weights, "ema_step": ema.step, "step": step, "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(out / "train_state.pt")  # a crash mid-save leaves the previous state
+
+
+__all__ = ["EMA", "train"]

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from robopolicy.heads.diffusion import DiffusionHead, DiffusionHeadConfig
+from robopolicy.models.unet1d import ConditionalUnet1D
+
+H, DA, TO, D = 16, 3, 4, 5
+
+
+def _head(**kw):
+    torch.manual_seed(0)
+    return DiffusionHead(DA, H, TO, D, DiffusionHeadConfig(down_dims=(16, 32), step_embed_dim=16, **kw))
+
+
+def test_unet_shapes_and_horizon_check():
+    net = ConditionalUnet1D(DA, 10, down_dims=(16, 32, 64), step_embed_dim=16)
+    assert net(torch.randn(2, 16, DA), torch.tensor([5]), torch.randn(2, 10)).shape == (2, 16, DA)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(2, 10, DA), torch.tensor([5]), torch.randn(2, 10))
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in denoiser that predicts a given tensor, to probe the loss."""
+
+    def __init__(self, pred):
+        super().__init__()
+        self.pred = pred
+
+    def forward(self, x, t, cond):
+        return self.pred
+
+
+def _loss_with(head, delta_token=None, delta=0.5):
+    actions, cond = torch.rand(2, H, DA) * 2 - 1, torch.randn(2, TO, D)
+    torch.manual_seed(1)
+    noise = torch.randn_like(actions)  # the loss draws exactly this first
+    pred = noise.clone()
+    if delta_token is not None:
+        pred[:, delta_token] += delta
+    head.denoiser = _Fixed(pred)
+    torch.manual_seed(1)
+    return head.loss(cond, actions).item()
+
+
+def test_check3_dp_supervises_only_current_and_future_tokens():
+    head = _head(supervise_past=False)
+    base = _loss_with(head)
+    assert base == pytest.approx(0.0, abs=1e-12)
+    assert _loss_with(head, delta_token=0) == base  # a past token: excluded
+    assert _loss_with(head, delta_token=TO - 1) > base  # the current token: supervised
+
+
+def test_check3_and_4_ptp_supervises_every_token_with_equal_weight():
+    head = _head(supervise_past=True)
+    past, future = _loss_with(head, delta_token=0), _loss_with(head, delta_token=H - 1)
+    assert past > 0 and past == pytest.approx(future, rel=1e-6)  # no lambda: one token, one weight
+    assert past == pytest.approx(0.5**2 / H, rel=1e-5)  # mean over all H tokens and dimensions
+
+
+def test_sample_shapes_candidates_and_determinism():
+    head = _head()
+    cond = torch.randn(3, TO, D)
+    a, _ = head.sample(cond, k=4, generator=torch.Generator().manual_seed(0))
+    b, _ = head.sample(cond, k=4, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (3, 4, H, DA) and torch.equal(a, b)
+    assert not torch.equal(a[:, 0], a[:, 1])  # independent noise per candidate
+    assert a.abs().max() <= 1.0 + 1e-5  # clip_sample keeps the normalized range
+
+
+def test_ddpm_runs_all_train_steps_ddim_its_own():
+    assert len(_head(sampler="ddpm")._sampler().timesteps) == 100
+    assert len(_head(sampler="ddim", inference_steps=10)._sampler().timesteps) == 10
+
+
+@pytest.mark.slow
+def test_overfits_a_single_demo():
+    torch.manual_seed(0)
+    head = DiffusionHead(4, 16, 2, 6, DiffusionHeadConfig(down_dims=(32, 64), step_embed_dim=32))
+    actions = torch.tanh(torch.randn(1, 16, 4).cumsum(1) * 0.3)
+    cond = torch.randn(1, 2, 6)
+    optim = torch.optim.AdamW(head.parameters(), lr=2e-3)
+    for _ in range(700):
+        loss = head.loss(cond.expand(32, -1, -1), actions.expand(32, -1, -1))
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    samples, _ = head.sample(cond, k=8, generator=torch.Generator().manual_seed(0))
+    assert ((samples[0] - actions) ** 2).mean() < 0.01

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from robopolicy.config import load_config, shipped_configs
+from robopolicy.data.store import DemoStore
+from robopolicy.errors import ConfigError
+from robopolicy.models.encoders import EncoderConfig, ObsEncoder
+from robopolicy.policy import Policy
+
+
+def _store(path, n=6, T=30, image=0):
+    rng = np.random.default_rng(0)
+    with DemoStore.create(path) as store:
+        for _ in range(n):
+            ep = {"state": rng.normal(size=(T, 5)).astype(np.float32),
+                  "action": np.tanh(rng.normal(size=(T, 3))).astype(np.float32)}
+            if image:
+                ep["cam_image"] = rng.integers(0, 255, (T, image, image, 3), dtype=np.uint8)
+            store.append_episode(ep)
+    return path
+
+
+SMALL = ["policy.diffusion.down_dims=[16,32]", "policy.diffusion.step_embed_dim=16", "data.batch_size=16",
+         "train.log_every=5", "train.checkpoint_every=10"]
+
+
+def test_configs_load_and_bad_ones_fail_clearly():
+    assert "diffusion" in shipped_configs()
+    cfg = load_config("diffusion", ["train.steps=7"])
+    assert cfg.train.steps == 7 and cfg.data.n_action_steps == 8 and cfg.policy.diffusion.inference_steps == 10
+    with pytest.raises(ConfigError, match="Did you mean"):
+        load_config("diffusion", ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="shipped configs are"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config("diffusion", ["train.steps"])
+
+
+def test_encoders_one_vector_per_frame_and_crops():
+    cfg = EncoderConfig(trunk="small_cnn", crop=28)
+    enc = ObsEncoder({"cam_image": 32}, {"state": 5}, cfg)
+    obs = {"cam_image": torch.randint(0, 255, (2, 3, 32, 32, 3), dtype=torch.uint8), "state": torch.randn(2, 3, 5)}
+    assert enc(obs).shape == (2, 3, 64 + 5) and enc.out_dim == 69
+    enc.eval()
+    assert torch.equal(enc(obs), enc(obs))  # center crop in eval
+    enc.train()
+    assert not torch.equal(enc(obs), enc(obs))  # random crop in training
+    big = ObsEncoder({"cam_image": 84}, {}, EncoderConfig(trunk="resnet18", crop=76))
+    assert big(obs | {"cam_image": torch.randint(0, 255, (1, 2, 84, 84, 3), dtype=torch.uint8)}).shape == (1, 2, 64)
+    with pytest.raises(ConfigError, match="lacks"):
+        enc({"state": obs["state"]})
+
+
+def test_checkpoint_roundtrip_and_strict_loading(tmp_path):
+    store = DemoStore.open(_store(tmp_path / "s.zarr", image=16))
+    cfg = load_config("diffusion", SMALL + ["policy.encoder.keypoints=8"])
+    from robopolicy.data.normalizer import Normalizer
+
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    policy = Policy(cfg, store.schema, norm)
+    policy.save(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"model.safetensors", "config.yaml", "schema.json"}
+    loaded = Policy.load(tmp_path / "ckpt")
+    window = {k: store.read(k, 0, 2) for k in ("state", "cam_image")}
+    a = policy.act(window, generator=torch.Generator().manual_seed(3))
+    b = loaded.act(window, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(a.actions, b.actions) and a.actions.shape == (8, 3)
+    other = Policy(load_config("diffusion", SMALL + ["policy.diffusion.down_dims=[16,48]"]), store.schema, norm)
+    with pytest.raises(ConfigError, match="shape mismatches"):
+        other.load_weights(loaded.state_dict())
+    with pytest.raises(ConfigError, match="not a policy checkpoint"):
+        Policy.load(tmp_path)
+
+
+def test_train_cli_resume_after_sigkill_is_exact(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = _store(tmp_path / "s.zarr")
+    args = ["train", "--config", "diffusion", "--store", str(store), "--quiet", "train.steps=60", *SMALL]
+    full = run_cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", *args, "--out", str(tmp_path / "cut")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = tmp_path / "cut" / "train_state.pt"
+    deadline = time.time() + 120
+    while not state_file.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # killed right after its first checkpoint (step 10)
+    proc.wait()
+    assert torch.load(state_file, weights_only=True)["step"] < 60
+    resumed = run_cli(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)
+    b = torch.load(state_file, weights_only=True)
+    assert a["step"] == b["step"] == 60
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    again = run_cli(*args, "--out", str(tmp_path / "full"))
+    assert again.returncode == 2 and "--resume" in again.stderr
