@@ -14,26 +14,37 @@ from tqdm import tqdm
 from robopolicy.data.store import DemoStore
 from robopolicy.errors import ConfigError
 
+POST_SUCCESS_STEPS = 10
 
-def run_episode(env, seed: int) -> tuple[dict[str, np.ndarray], bool]:
-    """One expert episode: observations before each action, the action, success after it."""
+
+def run_episode(env, seed: int, post_success_steps: int = POST_SUCCESS_STEPS) -> tuple[dict[str, np.ndarray], bool]:
+    """One expert episode: observations before each action, the action, success after it.
+
+    The expert goes on for ``post_success_steps`` after the first success (within the episode limit):
+    success thresholds are loose (5 cm for reach), and an episode cut at the threshold ends mid-motion,
+    which teaches a policy, through the repeated last action of end-of-episode windows, to keep going.
+    """
     obs, _ = env.reset(seed=seed)
     expert = env.make_expert()
     expert.reset()
-    frames, actions, successes = [], [], []
+    frames, actions, successes, after = [], [], [], None
     while True:
         action = expert.act(env)
         frames.append(obs)
         actions.append(np.asarray(action, np.float32))
         obs, _, terminated, truncated, info = env.step(action)
         successes.append(bool(info["success"]))
-        if terminated or truncated:
+        if after is None and (terminated or any(successes)):
+            after = 0
+        elif after is not None:
+            after += 1
+        if truncated or (after is not None and after >= post_success_steps):
             break
     episode = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
     episode["action"] = np.stack(actions)
     episode["success"] = np.array(successes)
     episode["seed"] = np.full(len(actions), seed, np.int64)
-    return episode, successes[-1]
+    return episode, any(successes)
 
 
 def collect(task: str, episodes: int, out: str | Path, obs: str = "state", seed_start: int = 0,

@@ -27,6 +27,7 @@ class DataConfig:
     val_fraction: float = 0.1
     batch_size: int = 64
     num_workers: int = 0  # 0: batches from RAM in the main process; > 0: streamed by worker processes
+    obs_min_span: float = 0.01  # low-dim dimensions varying less than this are not stretched to [-1, 1]
 
 
 @dataclass

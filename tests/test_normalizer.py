@@ -51,3 +51,13 @@ def test_bad_input_is_a_config_error(rng):
     x[3, 1] = np.nan
     with pytest.raises(ConfigError, match="NaN"):
         Normalizer.fit({"a": x}, {"a": "minmax"})
+
+
+def test_min_span_keeps_jitter_small(rng):
+    x = rng.normal(0, 1, size=(200, 2)).astype(np.float32)
+    x[:, 1] = 0.5 + rng.uniform(-1e-4, 1e-4, 200)  # a resting object's jitter
+    n = Normalizer.fit({"a": x}, {"a": "minmax"}, min_span={"a": 0.01})
+    y = n.normalize("a", x)
+    assert y[:, 0].min() == pytest.approx(-1, abs=1e-5) and y[:, 0].max() == pytest.approx(1, abs=1e-5)
+    assert np.abs(y[:, 1]).max() < 0.03
+    np.testing.assert_allclose(n.unnormalize("a", y), x, rtol=1e-5, atol=1e-5)

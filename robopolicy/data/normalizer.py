@@ -25,8 +25,11 @@ class Normalizer:
         self._torch_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def fit(cls, arrays: Mapping[str, np.ndarray], modes: Mapping[str, str]) -> Normalizer:
-        """Statistics of each ``arrays[key]`` (frames along axis 0) in ``modes[key]``."""
+    def fit(cls, arrays: Mapping[str, np.ndarray], modes: Mapping[str, str],
+            min_span: Mapping[str, float] | None = None) -> Normalizer:
+        """Statistics of each ``arrays[key]`` (frames along axis 0) in ``modes[key]``. ``min_span[key]``:
+        a dimension that varies less than this (a resting object's jitter, say) is scaled as if it spanned
+        that much, so its noise is not blown up to the full [-1, 1]."""
         scale, offset = {}, {}
         for key, mode in modes.items():
             if mode not in MODES:
@@ -34,16 +37,14 @@ class Normalizer:
             x = np.asarray(arrays[key], np.float64).reshape(len(arrays[key]), -1)
             if not np.all(np.isfinite(x)):
                 raise ConfigError(f"{key!r} holds NaN or inf values; clean the data before fitting a normalizer")
+            floor = max((min_span or {}).get(key, 0.0), _EPS)
             if mode == "minmax":
                 lo, hi = x.min(0), x.max(0)
-                span = hi - lo
-                ok = span > _EPS
-                s = np.where(ok, 2.0 / np.where(ok, span, 1.0), 1.0)
-                o = np.where(ok, -1.0 - lo * s, -(lo + hi) / 2)
+                s = 2.0 / np.maximum(hi - lo, floor)
+                o = -(lo + hi) / 2 * s  # the middle of the range maps to 0
             else:
-                mean, std = x.mean(0), x.std(0)
-                ok = std > _EPS
-                s = np.where(ok, 1.0 / np.where(ok, std, 1.0), 1.0)
+                mean = x.mean(0)
+                s = 1.0 / np.maximum(x.std(0), floor)
                 o = -mean * s
             shape = np.asarray(arrays[key]).shape[1:]
             scale[key], offset[key] = s.reshape(shape), o.reshape(shape)

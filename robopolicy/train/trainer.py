@@ -70,7 +70,10 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
         obs_keys = obs_keys_of(cfg, schema)
         low_dim = [k for k in obs_keys if not schema[k].is_image]
         stats_keys = low_dim + [cfg.data.action_key]
-        normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys})
+        # observations that barely move in the demos (a resting object's jitter) stay near 0 instead of
+        # having their noise stretched over [-1, 1]
+        normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys},
+                                    min_span={k: cfg.data.obs_min_span for k in low_dim})
         train_eps, _ = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
         spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride)
         data = InMemoryWindows(store, WindowGather(spec, obs_keys, cfg.data.action_key, normalizer), train_eps)
