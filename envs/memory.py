@@ -37,6 +37,13 @@ class MemoryTask(SawyerTask):
     def _site(self, name: str) -> int:
         return self.sim.model.site(name).id
 
+    def _show_cue(self, position: np.ndarray) -> None:
+        """Meta-World's goal marker, turned into a green 5 cm ball (a dozen bright pixels at 96x96)."""
+        goal = self._site("goal")
+        self.sim.model.site_pos[goal] = position
+        self.sim.model.site_size[goal] = 0.05
+        self.sim.model.site_rgba[goal] = [0.1, 0.9, 0.1, 1.0]
+
     def _hide_goal_marker(self) -> None:
         self.sim.model.site_rgba[self._site("goal"), 3] = 0.0
 
@@ -62,10 +69,7 @@ class CueReach(MemoryTask):
 
     def _after_reset(self):
         self.target = self.TARGETS[self.hidden]
-        goal = self._site("goal")
-        self.sim.model.site_pos[goal] = self.target
-        self.sim.model.site_size[goal] = 0.05  # a 5 cm ball: a dozen bright pixels in a 96x96 corner2 view
-        self.sim.model.site_rgba[goal] = [0.1, 0.9, 0.1, 1.0]
+        self._show_cue(self.target)
 
     def step(self, action):
         if self.t + 1 >= self.CUE_STEPS:  # the observation after this step no longer shows the cue
@@ -122,10 +126,7 @@ class CuePickPlace(MemoryTask):
         self.goal = np.append(self.GOALS[self.hidden], z)
         self.sim.obj_init_pos = self.start.copy()
         self.sim._set_obj_xyz(self.start)
-        goal = self._site("goal")
-        self.sim.model.site_pos[goal] = self.goal
-        self.sim.model.site_size[goal] = 0.05  # a 5 cm ball: a dozen bright pixels in a 96x96 corner2 view
-        self.sim.model.site_rgba[goal] = [0.1, 0.9, 0.1, 1.0]
+        self._show_cue(self.goal)
         self.raw = self.sim._get_obs()
         self.cue_visible = True
 
