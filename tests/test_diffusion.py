@@ -19,6 +19,34 @@ def test_unet_shapes_and_horizon_check():
         net(torch.randn(2, 10, DA), torch.tensor([5]), torch.randn(2, 10))
 
 
+def test_check7_transformer_masks():
+    """Changing frame j changes no prediction at tokens i < j; action self-attention is causal."""
+    from robopolicy.models.transformer import TransformerDenoiser
+
+    torch.manual_seed(0)
+    net = TransformerDenoiser(DA, H, TO, D, n_layer=2, n_head=2, n_emb=32, p_drop_attn=0.0).eval()
+    x, step, cond = torch.randn(2, H, DA), torch.tensor([7]), torch.randn(2, TO, D)
+    base = net(x, step, cond)
+    for j in range(1, TO):
+        changed = cond.clone()
+        changed[:, j] += 3.0
+        out = net(x, step, changed)
+        assert torch.allclose(out[:, :j], base[:, :j], atol=1e-6) and not torch.allclose(out[:, j:], base[:, j:])
+    later = x.clone()
+    later[:, 5] += 3.0
+    out = net(later, step, cond)
+    assert torch.allclose(out[:, :5], base[:, :5], atol=1e-6) and not torch.allclose(out[:, 5:], base[:, 5:])
+
+
+def test_check8_transformer_conditions_on_one_token_per_frame():
+    head = _head(denoiser="transformer", n_layer=1, n_head=2, n_emb=16)
+    assert head.denoiser.cond_pos.shape == (1, 1 + TO, 16)  # step token + To frame tokens, no pooling
+    loss = head.loss(torch.randn(4, TO, D), torch.rand(4, H, DA) * 2 - 1)
+    loss.backward()
+    samples, _ = head.sample(torch.randn(2, TO, D), k=3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 3, H, DA)
+
+
 class _Fixed(torch.nn.Module):
     """A stand-in denoiser that predicts a given tensor, to probe the loss."""
 

@@ -16,11 +16,13 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from robopolicy.errors import ConfigError
+from robopolicy.models.transformer import TransformerDenoiser
 from robopolicy.models.unet1d import ConditionalUnet1D
 
 
 @dataclass
 class DiffusionHeadConfig:
+    denoiser: str = "unet"  # "unet" (DP-C: flattened To-frame condition) or "transformer" (DP-T: a token per frame)
     down_dims: tuple[int, ...] = (64, 128, 256)
     kernel_size: int = 5
     n_groups: int = 8
@@ -28,6 +30,10 @@ class DiffusionHeadConfig:
     train_steps: int = 100
     sampler: str = "ddim"  # "ddim" or "ddpm" (all train_steps)
     inference_steps: int = 10
+    n_layer: int = 8  # transformer
+    n_head: int = 4
+    n_emb: int = 256
+    p_drop_attn: float = 0.3
     supervise_past: bool = False  # True: Past-Token Prediction (all H tokens); False: tokens To-1..H-1
     scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
                                                              "prediction_type": "epsilon", "clip_sample": True})
@@ -39,8 +45,14 @@ class DiffusionHead(nn.Module):
         if cfg.sampler not in ("ddim", "ddpm"):
             raise ConfigError(f"diffusion sampler must be 'ddim' or 'ddpm', got {cfg.sampler!r}")
         self.cfg, self.action_dim, self.horizon, self.n_obs = cfg, action_dim, horizon, n_obs
-        self.denoiser = ConditionalUnet1D(action_dim, n_obs * cond_dim, cfg.down_dims, cfg.kernel_size,
-                                          cfg.n_groups, cfg.step_embed_dim)
+        if cfg.denoiser == "unet":
+            self.denoiser = ConditionalUnet1D(action_dim, n_obs * cond_dim, cfg.down_dims, cfg.kernel_size,
+                                              cfg.n_groups, cfg.step_embed_dim)
+        elif cfg.denoiser == "transformer":
+            self.denoiser = TransformerDenoiser(action_dim, horizon, n_obs, cond_dim, cfg.n_layer, cfg.n_head,
+                                                cfg.n_emb, p_drop_attn=cfg.p_drop_attn)
+        else:
+            raise ConfigError(f"denoiser must be 'unet' or 'transformer', got {cfg.denoiser!r}")
         self.noise_schedule = DDPMScheduler(num_train_timesteps=cfg.train_steps, **cfg.scheduler_kwargs)
         first = 0 if cfg.supervise_past else n_obs - 1
         self.register_buffer("token_weight", (torch.arange(horizon) >= first).float(), persistent=False)
@@ -50,7 +62,7 @@ class DiffusionHead(nn.Module):
         noise = torch.randn_like(actions)
         steps = torch.randint(0, self.cfg.train_steps, (actions.shape[0],), device=actions.device)
         noisy = self.noise_schedule.add_noise(actions, noise, steps)
-        error = (self.denoiser(noisy, steps, cond.flatten(1)) - noise) ** 2
+        error = (self.denoiser(noisy, steps, self._condition(cond)) - noise) ** 2
         weight = self.token_weight[None, :, None]
         return (error * weight).sum() / (weight.sum() * actions.shape[0] * actions.shape[2])
 
@@ -59,13 +71,17 @@ class DiffusionHead(nn.Module):
         """K candidate chunks per observation: (B, K, H, Da), and an (empty) info dict."""
         with torch.inference_mode():
             batch = cond.shape[0]
-            flat = cond.flatten(1).repeat_interleave(k, dim=0)
+            condition = self._condition(cond).repeat_interleave(k, dim=0)
             x = torch.randn((batch * k, self.horizon, self.action_dim), generator=generator, device=cond.device)
             scheduler = self._sampler()
             for t in scheduler.timesteps:
-                eps = self.denoiser(x, t.to(cond.device).reshape(1), flat)
+                eps = self.denoiser(x, t.to(cond.device).reshape(1), condition)
                 x = scheduler.step(eps, t, x, generator=generator).prev_sample
             return x.reshape(batch, k, self.horizon, self.action_dim), {}
+
+    def _condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, To, D) per-frame features as the denoiser takes them."""
+        return cond.flatten(1) if self.cfg.denoiser == "unet" else cond
 
     def _sampler(self):
         """A fresh scheduler per call: diffusers schedulers keep per-run state."""
