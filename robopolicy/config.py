@@ -34,7 +34,8 @@ class DataConfig:
 class OptimConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.95, 0.999)
-    weight_decay: float = 1e-6
+    weight_decay: float = 1e-6  # on the head's weight matrices (biases, norms, position embeddings: none)
+    encoder_weight_decay: float = 1e-6
     warmup_steps: int = 500
     grad_clip: float | None = None
 

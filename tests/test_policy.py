@@ -53,6 +53,26 @@ def test_encoders_one_vector_per_frame_and_crops():
         enc({"state": obs["state"]})
 
 
+def test_param_groups_cover_every_parameter_once(tmp_path):
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.train.trainer import param_groups
+
+    store = DemoStore.open(_store(tmp_path / "s.zarr", image=16))
+    cfg = load_config("diffusion", SMALL + ["policy.diffusion.denoiser=transformer", "policy.diffusion.n_layer=1",
+                                            "policy.diffusion.n_emb=16", "policy.diffusion.n_head=2",
+                                            "train.optim.weight_decay=1e-3", "train.optim.encoder_weight_decay=1e-6"])
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    policy = Policy(cfg, store.schema, norm)
+    groups = param_groups(policy, cfg)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(policy.parameters()))
+    decay, no_decay, encoder = groups
+    head = dict(policy.head.named_parameters())
+    assert decay["weight_decay"] == 1e-3 and no_decay["weight_decay"] == 0 and encoder["weight_decay"] == 1e-6
+    assert any(p is head["denoiser.action_pos"] for p in no_decay["params"])  # position embeddings: no decay
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 or p.shape[0] == 1 for p in no_decay["params"])
+
+
 def test_checkpoint_roundtrip_and_strict_loading(tmp_path):
     store = DemoStore.open(_store(tmp_path / "s.zarr", image=16))
     cfg = load_config("diffusion", SMALL + ["policy.encoder.keypoints=8"])

@@ -43,6 +43,17 @@ class EMA:
                 self.weights[k].copy_(v)
 
 
+def param_groups(policy: Policy, cfg: Config) -> list[dict]:
+    """Diffusion Policy's groups: the head's weight matrices decay, its biases, norms and position
+    embeddings do not; the encoder has its own decay."""
+    decay, no_decay = [], []
+    for name, p in policy.head.named_parameters():
+        (decay if p.ndim >= 2 and not name.endswith("_pos") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.train.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"params": list(policy.encoder.parameters()), "weight_decay": cfg.train.optim.encoder_weight_decay}]
+
+
 def lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -79,8 +90,7 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
         data = InMemoryWindows(store, WindowGather(spec, obs_keys, cfg.data.action_key, normalizer), train_eps)
 
     policy = Policy(cfg, schema, normalizer).to(device)
-    optim = torch.optim.AdamW(policy.parameters(), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas),
-                              weight_decay=cfg.train.optim.weight_decay)
+    optim = torch.optim.AdamW(param_groups(policy, cfg), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas))
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps))
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max)
     step = 0
