@@ -94,14 +94,17 @@ def test_checkpoint_roundtrip_and_strict_loading(tmp_path):
         Policy.load(tmp_path)
 
 
-def test_train_cli_resume_after_sigkill_is_exact(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_cli_resume_after_sigkill_is_exact(tmp_path, workers):
+    import json
     import signal
     import subprocess
     import sys
     import time
 
     store = _store(tmp_path / "s.zarr")
-    args = ["train", "--config", "diffusion", "--store", str(store), "--quiet", "train.steps=60", *SMALL]
+    args = ["train", "--config", "diffusion", "--store", str(store), "--quiet", "train.steps=60", *SMALL,
+            f"data.num_workers={workers}"]
     full = run_cli(*args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", *args, "--out", str(tmp_path / "cut")],
@@ -112,7 +115,8 @@ def test_train_cli_resume_after_sigkill_is_exact(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)  # killed right after its first checkpoint (step 10)
     proc.wait()
-    assert torch.load(state_file, weights_only=True)["step"] < 60
+    cut = torch.load(state_file, weights_only=True)["step"]
+    assert cut < 60
     resumed = run_cli(*args, "--out", str(tmp_path / "cut"), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)
@@ -120,5 +124,8 @@ def test_train_cli_resume_after_sigkill_is_exact(tmp_path):
     assert a["step"] == b["step"] == 60
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    losses = [{r["step"]: r["loss"] for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
+               if r["step"] > cut} for run in ("full", "cut")]
+    assert len(losses[0]) >= 10 and all(losses[1][k] == v for k, v in losses[0].items())  # the next 50 steps
     again = run_cli(*args, "--out", str(tmp_path / "full"))
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -2,8 +2,8 @@
 
 Output folder: ``policy/`` (the EMA weights: what evaluation and serving load), ``last/`` (the
 raw weights), ``train_state.pt`` (optimizer, LR schedule, EMA, step, RNG: loaded with
-weights_only=True) and ``log.jsonl``. Batch order is a function of (seed, epoch), so a resumed run
-replays exactly the batches the interrupted one would have seen.
+weights_only=True) and ``log.jsonl``. Batch order is a function of (seed, epoch), in RAM or streamed
+by worker processes, so a resumed run replays exactly the batches the interrupted one would have seen.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from robopolicy.config import Config
-from robopolicy.data.loaders import InMemoryWindows, WindowGather
+from robopolicy.data.loaders import InMemoryWindows, StreamingWindows, WindowGather, worker_init
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import DemoStore
 from robopolicy.data.windows import WindowSpec, split_episodes
@@ -87,32 +87,32 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
                                     min_span={k: cfg.data.obs_min_span for k in low_dim})
         train_eps, _ = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
         spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride)
-        data = InMemoryWindows(store, WindowGather(spec, obs_keys, cfg.data.action_key, normalizer), train_eps)
+        gather = WindowGather(spec, obs_keys, cfg.data.action_key, normalizer)
+        epoch_batches, n_windows = _batches(cfg, store, store_path, gather, train_eps)
+    if n_windows < cfg.data.batch_size:
+        raise ConfigError(f"{n_windows} training windows are fewer than one batch of {cfg.data.batch_size}")
 
     policy = Policy(cfg, schema, normalizer).to(device)
     optim = torch.optim.AdamW(param_groups(policy, cfg), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas))
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps))
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max)
-    step = 0
+    step, epoch, position = 0, 0, 0  # position: batches of this epoch already trained on
     if resume and (out / "train_state.pt").exists():
         state = torch.load(out / "train_state.pt", weights_only=True, map_location=device)
         policy.load_weights(state["model"], out / "train_state.pt")
         optim.load_state_dict(state["optim"])
         schedule.load_state_dict(state["schedule"])
         ema.weights, ema.step, step = state["ema"], state["ema_step"], state["step"]
+        epoch, position = state["epoch"], state["position"]
         torch.set_rng_state(state["rng"])
 
-    per_epoch = len(data) // cfg.data.batch_size
-    if per_epoch == 0:
-        raise ConfigError(f"{len(data)} training windows are fewer than one batch of {cfg.data.batch_size}")
     bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not progress)
     log = (out / "log.jsonl").open("a")
     t_last, n_last = time.perf_counter(), step
     policy.train()
     while step < cfg.train.steps:
-        epoch, skip = divmod(step, per_epoch)
-        for i, batch in enumerate(data.batches(cfg.data.batch_size, seed=(cfg.train.seed, epoch))):
-            if i < skip:
+        for i, batch in enumerate(epoch_batches(epoch)):
+            if i < position:  # a resumed run replays the interrupted epoch up to where it stopped
                 continue
             batch = {"obs": {k: v.to(device) for k, v in batch["obs"].items()}, "action": batch["action"].to(device)}
             loss = policy.loss(batch)
@@ -123,7 +123,7 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
             optim.step()
             schedule.step()
             ema.update(policy)
-            step += 1
+            step, position = step + 1, i + 1
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 rate = (step - n_last) * cfg.data.batch_size / (time.perf_counter() - t_last)
@@ -132,20 +132,39 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
                 log.write(json.dumps({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]}) + "\n")
                 log.flush()
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                _checkpoint(out, policy, ema, optim, schedule, step)
+                _checkpoint(out, policy, ema, optim, schedule, step, epoch, position)
             if step >= cfg.train.steps:
                 break
+        else:
+            epoch, position = epoch + 1, 0
     bar.close()
     log.close()
     return out / "policy"
 
 
-def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int) -> None:
+def _batches(cfg: Config, store: DemoStore, store_path, gather: WindowGather, episodes):
+    """(epoch -> iterator of batches, number of windows). The order is a function of (seed, epoch)."""
+    if cfg.data.num_workers == 0:
+        data = InMemoryWindows(store, gather, episodes)
+        return (lambda epoch: data.batches(cfg.data.batch_size, seed=(cfg.train.seed, epoch))), len(data)
+    dataset = StreamingWindows(store_path, gather, cfg.data.batch_size, episodes=episodes, seed=cfg.train.seed)
+
+    def epoch_batches(epoch: int):
+        # fresh workers each epoch, their base seed drawn from a generator seeded by (seed, epoch)
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers,
+                                                multiprocessing_context="forkserver", worker_init_fn=worker_init,
+                                                generator=generator, prefetch_factor=4))
+    return epoch_batches, dataset.n_windows
+
+
+def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int, epoch: int, position: int) -> None:
     policy.save(out / "policy", weights=ema.weights)
     policy.save(out / "last")
     tmp = out / "train_state.pt.tmp"
     torch.save({"model": policy.state_dict(), "optim": optim.state_dict(), "schedule": schedule.state_dict(),
-                "ema": ema.weights, "ema_step": ema.step, "step": step, "rng": torch.get_rng_state()}, tmp)
+                "ema": ema.weights, "ema_step": ema.step, "step": step, "epoch": epoch, "position": position,
+                "rng": torch.get_rng_state()}, tmp)
     tmp.replace(out / "train_state.pt")  # a crash mid-save leaves the previous state
 
 
