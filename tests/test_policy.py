@@ -38,6 +38,23 @@ def test_configs_load_and_bad_ones_fail_clearly():
         load_config("diffusion", ["train.steps"])
 
 
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_builds_a_policy_that_trains_one_step(tmp_path, name):
+    from robopolicy.data.normalizer import Normalizer
+
+    store = DemoStore.open(_store(tmp_path / "s.zarr", n=2, T=20, image=96))
+    cfg = load_config(name)
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    policy = Policy(cfg, store.schema, norm)
+    assert policy.obs_keys == (["state"] if cfg.data.obs_keys == ["state"] else ["cam_image", "state"])
+    H, To = cfg.data.horizon, cfg.data.n_obs
+    batch = {"obs": {"state": torch.randn(2, To, 5), "cam_image": torch.randint(0, 255, (2, To, 96, 96, 3),
+                                                                               dtype=torch.uint8)},
+             "action": torch.rand(2, H, 3) * 2 - 1}
+    policy.loss(batch).backward()
+    assert all(p.grad is not None for p in policy.head.parameters())
+
+
 def test_encoders_one_vector_per_frame_and_crops():
     cfg = EncoderConfig(trunk="small_cnn", crop=28)
     enc = ObsEncoder({"cam_image": 32}, {"state": 5}, cfg)
