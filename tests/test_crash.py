@@ -51,7 +51,8 @@ def test_sigkill_at_random_moments_keeps_committed_episodes(tmp_path):
         proc.wait()
         counts.append(_assert_committed_equal_clean_run(path))
         store = DemoStore.open(path)
-        mid_append += store.array("action").shape[0] > store.n_frames  # killed between data write and commit
+        if "action" in store.keys:  # (a kill while the first append created its arrays leaves some missing)
+            mid_append += store.array("action").shape[0] > store.n_frames  # killed between data write and commit
         if counts[-1] == N_EPISODES:  # finished before a kill: start over to keep killing mid-write
             path = tmp_path / f"crash{len(counts)}.zarr"
     interrupted = [c for c in counts if 0 < c < N_EPISODES]

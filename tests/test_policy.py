@@ -70,6 +70,24 @@ def test_encoders_one_vector_per_frame_and_crops():
         enc({"state": obs["state"]})
 
 
+def test_ema_follows_diffusion_policys_schedule():
+    from robopolicy.train.trainer import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, power=0.75, max_decay=0.9999)
+    assert [ema.decay(n) for n in (0, 1)] == [0.0, 0.0]
+    assert ema.decay(2) == pytest.approx(1 - 2**-0.75) and ema.decay(10**9) == 0.9999
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update(model)  # decay 0: the EMA takes the weights
+    assert ema.weights["weight"].item() == 2.0
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update(model)
+    ema.update(model)  # decay 1 - 2^-0.75
+    assert ema.weights["weight"].item() == pytest.approx(4.0)
+
+
 def test_param_groups_cover_every_parameter_once(tmp_path):
     from robopolicy.data.normalizer import Normalizer
     from robopolicy.train.trainer import param_groups

@@ -25,17 +25,20 @@ from robopolicy.policy import Policy, obs_keys_of
 
 
 class EMA:
-    """Exponential moving average of weights, decay 1 - (1 + step)^-power capped at ``max_decay``
-    (Diffusion Policy's schedule: fast early, slow late)."""
+    """Exponential moving average of weights with Diffusion Policy's schedule: the n-th update
+    (from 0) uses decay 0 for n <= 1, then 1 - n^-power, capped at ``max_decay``: fast early, slow late."""
 
     def __init__(self, model: torch.nn.Module, power: float, max_decay: float):
         self.power, self.max_decay, self.step = power, max_decay, 0
         self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay(self, n: int) -> float:
+        return 0.0 if n <= 1 else min(self.max_decay, 1 - n ** -self.power)
+
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        decay = self.decay(self.step)
         self.step += 1
-        decay = min(self.max_decay, max(0.0, 1 - (1 + self.step) ** -self.power))
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
                 self.weights[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
