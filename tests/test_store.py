@@ -167,3 +167,21 @@ def test_console_script_is_installed():
     assert script, "the robopolicy console script is not installed next to this python"
     result = subprocess.run([script, "info", "/nonexistent.zarr"], capture_output=True, text=True)
     assert result.returncode == 2 and "no such demo store" in result.stderr
+
+
+def test_a_first_append_killed_while_creating_arrays_recovers(tmp_path):
+    """The schema is written before the arrays; a writer killed between two array creations leaves a store
+    that opens empty and takes the episode on the next append."""
+    from robopolicy.data.store import _create_arrays
+
+    episode = make_episode(0)
+    schema = {k: Field(v.shape[1:], v.dtype) for k, v in episode.items()}
+    with DemoStore.create(tmp_path / "s.zarr") as store:
+        store._write_meta(schema={k: f.to_json() for k, f in schema.items()})
+        _create_arrays(store._group, {"image": schema["image"]})  # ... and killed here
+    store = DemoStore.open(tmp_path / "s.zarr", mode="a")
+    assert store.n_episodes == 0 and store.keys == ["image"]
+    store.append_episode(episode)
+    store.close()
+    again = DemoStore.open(tmp_path / "s.zarr").episode(0)
+    assert all(np.array_equal(again[k], episode[k]) for k in episode)
