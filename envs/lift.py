@@ -28,16 +28,19 @@ class LiftTask(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     max_episode_steps = 150
     state_dim = 3 + 4 + 2 + 10
+    action_dim = 7  # OSC_POSE deltas (6) + gripper
+    default_camera = "agentview"
     control_hz = 20.0  # robomimic's Lift; a spec's control_freq overrides it
 
-    def __init__(self, obs: str = "state", image_size: int = 84, cameras: tuple[str, ...] = ("agentview",),
+    def __init__(self, obs: str = "state", image_size: int = 84, cameras: tuple[str, ...] | None = None,
                  env_args: dict | None = None, render_mode: str | None = "rgb_array"):
         import robosuite
 
         if obs not in ("state", "image"):
             raise ValueError(f"obs must be 'state' or 'image', got {obs!r}")
         self.env_args = env_args or DEFAULT_ENV_ARGS
-        self.obs_mode, self.image_size, self.camera_names = obs, int(image_size), tuple(cameras)
+        self.obs_mode, self.image_size = obs, int(image_size)
+        self.camera_names = tuple(cameras or (self.default_camera,))
         self.render_mode = render_mode
         kwargs = {k: v for k, v in self.env_args.get("env_kwargs", {}).items() if k not in _OWN_KWARGS}
         kwargs = _upgrade_controller_config(kwargs)

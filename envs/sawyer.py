@@ -28,15 +28,18 @@ class SawyerTask(gym.Env):
     scene: str = ""  # the Meta-World env whose scene and controller the task uses
     max_episode_steps: int = 500
     state_dim: int = 39
+    action_dim: int = 4  # end-effector delta xyz + gripper
+    default_camera: str = "corner2"
     control_hz: float = 80.0  # Meta-World: frame_skip 5 x 2.5 ms
 
-    def __init__(self, obs: str = "state", image_size: int = 96, cameras: tuple[str, ...] = ("corner2",),
+    def __init__(self, obs: str = "state", image_size: int = 96, cameras: tuple[str, ...] | None = None,
                  render_mode: str | None = "rgb_array"):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if obs not in ("state", "image"):
             raise ValueError(f"obs must be 'state' or 'image', got {obs!r}")
-        self.obs_mode, self.image_size, self.camera_names = obs, int(image_size), tuple(cameras)
+        self.obs_mode, self.image_size = obs, int(image_size)
+        self.camera_names = tuple(cameras or (self.default_camera,))
         self.render_mode = render_mode
         self.sim = ALL_V3_ENVIRONMENTS[self.scene]()
         self.sim.max_path_length = STEP_LIMIT_SAFETY

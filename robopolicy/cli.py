@@ -63,10 +63,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
           f"{'memory':<8} what")
     for name, task in envs.TASKS.items():
         cls = task.factory
-        camera = task.defaults.get("cameras", ("agentview",) if task.kind == "robosuite" else ("corner2",))[0]
-        keys = f"state({cls.state_dim}), {camera}_image"
+        keys = f"state({cls.state_dim}), {cls.default_camera}_image"
         memory = f"L={task.memory_span}" if task.memory_span else "-"
-        print(f"{name:<20} {task.kind:<10} {keys:<32} {'Box(' + str(7 if task.kind == 'robosuite' else 4) + ')':<8} "
+        print(f"{name:<20} {task.kind:<10} {keys:<32} {f'Box({cls.action_dim})':<8} "
               f"{cls.control_hz:>4g} {task.max_episode_steps:>5}  {memory:<8} {task.description}")
     print(f"\nmemory: history-dependent; L = steps back to the deciding information (the shipped long context, "
           f"To=16 with stride {envs.CONTEXT_STRIDE}, covers {15 * envs.CONTEXT_STRIDE}).")

@@ -45,8 +45,8 @@ class WindowGather:
             obs["past_act"] = arrays[self.action_key][index.past_act[rows]]
         norm = self.normalizer
         if norm is not None:
-            obs = {k: norm.normalize(self.action_key if k == "past_act" else k, v)
-                   if (self.action_key if k == "past_act" else k) in norm.scale else v for k, v in obs.items()}
+            stats = {k: self.action_key if k == "past_act" else k for k in obs}  # past_act uses the action's
+            obs = {k: norm.normalize(stats[k], v) if stats[k] in norm.scale else v for k, v in obs.items()}
             if self.action_key in norm.scale:
                 action = norm.normalize(self.action_key, action)
         return {"obs": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()},

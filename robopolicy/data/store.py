@@ -263,10 +263,10 @@ class DemoStore:
             arr = self.array(key)
             rows = arr.chunks[0]
             n_chunks = -(-self.n_frames // rows)
-            missing = [c for c in range(n_chunks) if not _chunk_exists(arr, c)]
+            missing = {c for c in range(n_chunks) if not _chunk_exists(arr, c)}
             if missing:
                 problems.append(f"data/{key}: {len(missing)} chunk file(s) missing (frames "
-                                f"{missing[0] * rows}-{min((missing[0] + 1) * rows, self.n_frames) - 1} first); "
+                                f"{min(missing) * rows}-{min((min(missing) + 1) * rows, self.n_frames) - 1} first); "
                                 "they would read as zeros")
             for c in tqdm(range(n_chunks), desc=f"check {key}", disable=not progress, leave=False):
                 if c in missing:
