@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -78,15 +79,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     from robopolicy.train.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    policy_dir = train(cfg, args.store, args.out, resume=args.resume, progress=not args.quiet)
-    print(f"policy (EMA weights): {policy_dir}")
+    policy_dir = train(cfg, args.store, args.out, resume=args.resume, progress=not args.quiet,
+                       embeddings=args.embeddings)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"policy (EMA weights): {policy_dir}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from robopolicy.data.embeddings import write_cache
+    from robopolicy.data.store import DemoStore
+    from robopolicy.data.summary import summarize
+
+    path = write_cache(args.checkpoint, args.store, args.out, batch_frames=args.batch, device=args.device,
+                       progress=not args.quiet)
+    with DemoStore.open(path) as cache:
+        print(summarize(cache, action_key=cache.extra["embedding_cache"]["action_key"]))
+    print(f"embedding cache: {path}\ntrain on it: robopolicy train --config NAME --embeddings {path} --out DIR")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from robopolicy.bench.data import run_data_bench
+    if args.what == "data":
+        from robopolicy.bench.data import run_data_bench
 
-    run_data_bench(store=args.store, quick=args.quick, workers=args.workers, seconds=args.seconds)
+        run_data_bench(store=args.store, quick=args.quick, workers=args.workers, seconds=args.seconds)
+    else:
+        from robopolicy.bench.train import run_train_bench
+
+        run_train_bench(config=args.config, batch=args.batch, seconds=args.seconds, calls=args.calls,
+                        device=args.device, quick=args.quick, overrides=tuple(args.overrides))
     return 0
 
 
@@ -146,12 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "overrides, e.g. `robopolicy train --config diffusion --store S --out D "
                                    "train.steps=500`. Writes D/policy (EMA weights), D/last, D/train_state.pt.")
     p.add_argument("--config", required=True, help="shipped config name or YAML path")
-    p.add_argument("--store", required=True, help="demo store to train on")
+    p.add_argument("--store", help="demo store to train on (with --embeddings: optional, checked against the "
+                   "cache's source)")
+    p.add_argument("--embeddings", help="train the head on this embedding cache (`robopolicy cache`); the policy "
+                   "keeps the cache's encoder, frozen, and acts on raw observations")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="dotted overrides, key.sub=value")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="embed every frame of a store with a trained policy's encoder",
+                       description="Run a trained policy's encoder (frozen, eval mode: center crop) on every "
+                                   "frame of a store and write one embedding per frame beside it, tied to the "
+                                   "encoder's hash. `robopolicy train --embeddings CACHE` then trains a head with "
+                                   "any context on it without decoding an image. Re-running resumes.")
+    p.add_argument("--checkpoint", required=True, help="policy folder whose encoder to use (RUN/policy)")
+    p.add_argument("--store", required=True, help="demo store to embed")
+    p.add_argument("--out", help="cache to write (default: beside the store, STORE.emb-<encoder hash>.zarr)")
+    p.add_argument("--batch", type=int, default=256, help="frames per encoder call (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -163,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     q.add_argument("--seconds", type=float, default=4.0, help="time per measurement (default: %(default)s)")
     q.add_argument("--quick", action="store_true", help="tiny store and short runs (a smoke test)")
+    q.set_defaults(func=cmd_bench)
+    q = what.add_parser("train", help="training samples/s on images vs cached embeddings; chunk latency per sampler",
+                        description="From one run on a synthetic 96x96 store: training samples/s at To=16 end to "
+                                    "end on images vs on cached embeddings (and the ratio), and chunk latency at "
+                                    "batch 1 for K=1 and K=8 candidates, DDIM-10 vs DDPM-100.")
+    q.add_argument("--config", default="diffusion_image", help="image config to time (default: %(default)s; "
+                   "diffusion_unet_gpu for the paper's ResNet-18)")
+    q.add_argument("--batch", type=int, default=32, help="training batch (default: %(default)s)")
+    q.add_argument("--seconds", type=float, default=6.0, help="time per training measurement (default: %(default)s)")
+    q.add_argument("--calls", type=int, default=15, help="sampling calls per latency (default: %(default)s)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
+    q.add_argument("--quick", action="store_true", help="tiny store and short runs (a smoke test)")
+    q.add_argument("overrides", nargs="*", help="dotted config overrides, key.sub=value")
     q.set_defaults(func=cmd_bench)
     return parser
 

@@ -49,6 +49,9 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     device: str = "auto"  # "auto": CUDA when there is one
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "bf16" / "fp32"
+    compile: bool = False  # torch.compile the model (worth it for long GPU runs)
+    tensorboard: bool = True  # scalars in <out>/tensorboard
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -56,6 +59,7 @@ class TrainConfig:
 class PolicyConfig:
     head: str = "diffusion"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    freeze_encoder: bool = False  # set by training on cached embeddings: the encoder that made them, frozen
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from robopolicy.config import Config, load_config
+from robopolicy.data.embeddings import EMBEDDING_KEY
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
 from robopolicy.errors import ConfigError
@@ -50,10 +51,28 @@ class Policy(nn.Module):
             raise ConfigError(f"unknown head {cfg.policy.head!r}; available: diffusion")
         self.head = DiffusionHead(self.action_dim, cfg.data.horizon, cfg.data.n_obs, self.encoder.out_dim,
                                   cfg.policy.diffusion)
+        if cfg.policy.freeze_encoder:  # a stage-2 policy: the encoder that made its cached embeddings
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> Policy:
+        super().train(mode)
+        if self.cfg.policy.freeze_encoder:
+            self.encoder.eval()  # frozen means eval mode too: center crop, as when the cache was written
+        return self
+
+    def condition(self, obs: dict) -> torch.Tensor:
+        """(B, To, D) per-frame features: cached embeddings when the batch carries them (the encoder
+        does not run), else the encoder's output."""
+        return obs[EMBEDDING_KEY] if EMBEDDING_KEY in obs else self.encoder(obs)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The training loss of a batch from the loaders (already normalized): obs (B, To, ...),
+        action (B, H, Da). ``forward`` so that DistributedDataParallel sees it."""
+        return self.head.loss(self.condition(batch["obs"]), batch["action"])
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """A training batch from the loaders (already normalized): obs (B, To, ...), action (B, H, Da)."""
-        return self.head.loss(self.encoder(batch["obs"]), batch["action"])
+        return self(batch)
 
     @torch.no_grad()
     def act(self, obs_window: dict[str, np.ndarray], executed_actions: np.ndarray | None = None, k: int = 1,

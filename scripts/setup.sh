@@ -26,6 +26,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip_install -e ".[dev]"
   # robosuite without its dependencies: it pins mink, which pins numpy<2; Lift never imports mink
   pip_install --no-deps "robosuite==1.5.2"
+  # robomimic for the encoder parity test only, also without dependencies (egl_probe needs cmake)
+  pip_install --no-deps "robomimic==0.3.0"
   "$PY" -c "import robopolicy, torch, zarr" # fail here, not in a test, if the install did not take
   echo "$want" > "$stamp"
 fi

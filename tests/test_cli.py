@@ -3,7 +3,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 VERBS = [[], ["quickstart"], ["tasks"], ["collect"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"],
-         ["bench"], ["bench", "data"]]
+         ["bench"], ["bench", "data"], ["bench", "train"], ["train"], ["cache"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "robopolicy")
@@ -34,3 +34,11 @@ def test_bench_data_runs_and_prints_ratios():
     assert result.returncode == 0, result.stderr
     assert "streamed/naive" in result.stdout and "RAM/streamed" in result.stdout
     assert "targets (To=2)" in result.stdout
+
+
+def test_bench_train_runs_and_prints_ratios():
+    result = run_cli("bench", "train", "--quick")
+    assert result.returncode == 0, result.stderr
+    for words in ("end to end on images", "on cached embeddings", "cached / images", "DDIM-10", "DDPM-100",
+                  "DDPM-100 / DDIM-10"):
+        assert words in result.stdout

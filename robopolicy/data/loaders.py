@@ -73,11 +73,16 @@ class InMemoryWindows:
         return self.gather(self.arrays, self.index, np.asarray(rows))
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int | tuple[int, ...] = 0,
-                drop_last: bool = True) -> Iterator[dict]:
-        """One epoch of batches."""
+                drop_last: bool = True, shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+        """One epoch of batches. ``shard=(rank, world)``: this rank's share, every world-th batch of the
+        same order, each rank the same number (only those batches are gathered)."""
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        for i in range(0, stop, batch_size):
+        starts = range(0, stop, batch_size)
+        rank, world = shard
+        if world > 1:
+            starts = starts[rank: len(starts) - len(starts) % world: world]
+        for i in starts:
             yield self.batch(order[i: i + batch_size])
 
 

@@ -7,15 +7,20 @@ by worker processes, so a resumed run replays exactly the batches the interrupte
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from robopolicy.config import Config
+from robopolicy.data.embeddings import EMBEDDING_KEY, encoder_hash, open_for_training
 from robopolicy.data.loaders import InMemoryWindows, StreamingWindows, WindowGather, worker_init
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import DemoStore
@@ -31,6 +36,8 @@ class EMA:
     def __init__(self, model: torch.nn.Module, power: float, max_decay: float):
         self.power, self.max_decay, self.step = power, max_decay, 0
         self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # frozen weights (a cached encoder) are copied, not averaged: averaging would round them
+        self.frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
 
     def decay(self, n: int) -> float:
         return 0.0 if n <= 1 else min(self.max_decay, 1 - n ** -self.power)
@@ -40,7 +47,7 @@ class EMA:
         decay = self.decay(self.step)
         self.step += 1
         for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
+            if v.dtype.is_floating_point and k not in self.frozen:
                 self.weights[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
             else:
                 self.weights[k].copy_(v)
@@ -65,41 +72,98 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.device_count() > 1:
+        return torch.device("cuda", local_rank)  # one GPU per torchrun process
     return torch.device(name)
 
 
-def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+@dataclass
+class _Data:
+    """What a run trains on: a demo store, or an embedding cache with the stage-1 policy that made it."""
+
+    cfg: Config
+    schema: dict
+    normalizer: Normalizer
+    epoch_batches: object  # (epoch, shard) -> iterator of batches
+    n_windows: int
+    encoder_weights: dict | None = None  # the frozen stage-1 encoder, when training on a cache
+    encoder_hash: str | None = None
+
+
+def _data(cfg: Config, store_path, embeddings) -> _Data:
+    spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride)
+    if embeddings is None:
+        if store_path is None:
+            raise ConfigError("nothing to train on: pass --store (a demo store) or --embeddings (a cache)")
+        with DemoStore.open(store_path) as store:
+            schema = store.schema
+            obs_keys = obs_keys_of(cfg, schema)
+            low_dim = [k for k in obs_keys if not schema[k].is_image]
+            stats_keys = low_dim + [cfg.data.action_key]
+            # observations that barely move in the demos (a resting object's jitter) stay near 0 instead of
+            # having their noise stretched over [-1, 1]
+            normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys},
+                                        min_span={k: cfg.data.obs_min_span for k in low_dim})
+            train_eps, _ = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
+            gather = WindowGather(spec, obs_keys, cfg.data.action_key, normalizer)
+            return _Data(cfg, schema, normalizer, *_batches(cfg, store, store_path, gather, train_eps))
+
+    cache, info, stage1 = open_for_training(embeddings, store_path)
+    with cache:
+        # the policy keeps the stage-1 encoder (frozen) and its observation keys, so it acts on raw observations
+        cfg = replace(cfg, data=replace(cfg.data, obs_keys=list(stage1.obs_keys), action_key=info.action_key),
+                      policy=replace(cfg.policy, encoder=stage1.cfg.policy.encoder, freeze_encoder=True))
+        actions = Normalizer.fit(cache.load([info.action_key]), {info.action_key: "minmax"})
+        keep = [k for k in stage1.obs_keys if k in stage1.normalizer.scale]
+        normalizer = Normalizer({**{k: stage1.normalizer.scale[k] for k in keep}, **actions.scale},
+                                {**{k: stage1.normalizer.offset[k] for k in keep}, **actions.offset})
+        train_eps, _ = split_episodes(cache.n_episodes, cfg.data.val_fraction, cfg.train.seed)
+        gather = WindowGather(spec, [EMBEDDING_KEY], info.action_key, normalizer)  # reads embeddings only
+        batches = _batches(cfg, cache, cache.path, gather, train_eps)
+    return _Data(cfg, stage1.schema, normalizer, *batches, stage1.encoder.state_dict(), info.encoder_hash)
+
+
+def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: bool = False, progress: bool = True,
+          embeddings: str | Path | None = None) -> Path:
+    """Train ``cfg`` on a demo store, or on an embedding cache (``embeddings``). Under ``torchrun`` every
+    process trains on its share of each batch order (DDP: gloo on CPU, NCCL on GPU); rank 0 writes."""
     out = Path(out)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if out.exists() and not resume and any(out.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.train.seed)
-    device = _device(cfg.train.device)
+    device = _device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
+    data = _data(cfg, store_path, embeddings)
+    cfg = data.cfg
+    if data.n_windows < cfg.data.batch_size * world:
+        raise ConfigError(f"{data.n_windows} training windows are fewer than one batch of {cfg.data.batch_size}"
+                          + (f" per process for {world} processes" if world > 1 else ""))
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {cfg.train.precision!r}")
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
-    with DemoStore.open(store_path) as store:
-        schema = store.schema
-        obs_keys = obs_keys_of(cfg, schema)
-        low_dim = [k for k in obs_keys if not schema[k].is_image]
-        stats_keys = low_dim + [cfg.data.action_key]
-        # observations that barely move in the demos (a resting object's jitter) stay near 0 instead of
-        # having their noise stretched over [-1, 1]
-        normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys},
-                                    min_span={k: cfg.data.obs_min_span for k in low_dim})
-        train_eps, _ = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
-        spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride)
-        gather = WindowGather(spec, obs_keys, cfg.data.action_key, normalizer)
-        epoch_batches, n_windows = _batches(cfg, store, store_path, gather, train_eps)
-    if n_windows < cfg.data.batch_size:
-        raise ConfigError(f"{n_windows} training windows are fewer than one batch of {cfg.data.batch_size}")
-
-    policy = Policy(cfg, schema, normalizer).to(device)
+    policy = Policy(cfg, data.schema, data.normalizer).to(device)
+    if data.encoder_weights is not None:
+        policy.encoder.load_state_dict(data.encoder_weights)
+        assert encoder_hash(policy) == data.encoder_hash, "the frozen encoder differs from the cache's"
+    model = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device] if device.type == "cuda"
+                                                          else None)
+    if cfg.train.compile:
+        model = torch.compile(model)
     optim = torch.optim.AdamW(param_groups(policy, cfg), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas))
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps))
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max)
     step, epoch, position = 0, 0, 0  # position: batches of this epoch already trained on
+    torch.manual_seed(cfg.train.seed + rank)  # independent noise draws per process
     if resume and (out / "train_state.pt").exists():
         state = torch.load(out / "train_state.pt", weights_only=True, map_location=device)
         policy.load_weights(state["model"], out / "train_state.pt")
@@ -107,18 +171,24 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
         schedule.load_state_dict(state["schedule"])
         ema.weights, ema.step, step = state["ema"], state["ema_step"], state["step"]
         epoch, position = state["epoch"], state["position"]
-        torch.set_rng_state(state["rng"])
+        _set_rng(state["rng"][rank % len(state["rng"])])
 
-    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not progress)
-    log = (out / "log.jsonl").open("a")
-    t_last, n_last = time.perf_counter(), step
+    writer = rank == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not (progress and writer))
+    log = (out / "log.jsonl").open("a") if writer else None
+    tb = _tensorboard(out) if writer and cfg.train.tensorboard else None
+    meter = _Meter(step)
     policy.train()
     while step < cfg.train.steps:
-        for i, batch in enumerate(epoch_batches(epoch)):
+        for i, batch in enumerate(meter.timed(data.epoch_batches(epoch, (rank, world)))):
             if i < position:  # a resumed run replays the interrupted epoch up to where it stopped
                 continue
-            batch = {"obs": {k: v.to(device) for k, v in batch["obs"].items()}, "action": batch["action"].to(device)}
-            loss = policy.loss(batch)
+            batch = {"obs": {k: v.to(device, non_blocking=True) for k, v in batch["obs"].items()},
+                     "action": batch["action"].to(device, non_blocking=True)}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(batch)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.optim.grad_clip:
@@ -128,46 +198,122 @@ def train(cfg: Config, store_path: str | Path, out: str | Path, resume: bool = F
             ema.update(policy)
             step, position = step + 1, i + 1
             bar.update(1)
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                rate = (step - n_last) * cfg.data.batch_size / (time.perf_counter() - t_last)
-                t_last, n_last = time.perf_counter(), step
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]}) + "\n")
+            if writer and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
+                rate, wait = meter.read(step, cfg.data.batch_size * world)
+                row = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], "samples_s": rate,
+                       "data_wait": wait}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}", data_wait=f"{wait:.0%}")
+                log.write(json.dumps(row) + "\n")
                 log.flush()
+                if tb is not None:
+                    for key in ("loss", "lr", "samples_s", "data_wait"):
+                        tb.add_scalar(f"train/{key}", row[key], step)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                _checkpoint(out, policy, ema, optim, schedule, step, epoch, position)
+                _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer)
             if step >= cfg.train.steps:
                 break
         else:
             epoch, position = epoch + 1, 0
     bar.close()
-    log.close()
+    if writer:
+        log.close()
+        if tb is not None:
+            tb.close()
+    if world > 1:
+        _check_replicas_agree(policy)
     return out / "policy"
 
 
+class _Meter:
+    """Samples/s and the fraction of wall time spent waiting for data (loader + host-to-device copy)."""
+
+    def __init__(self, step: int):
+        self.t, self.step, self.wait = time.perf_counter(), step, 0.0
+
+    def timed(self, batches):
+        """``batches``, adding the time spent waiting for each to ``wait``."""
+        batches = iter(batches)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            self.wait += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
+
+    def read(self, step: int, batch: int) -> tuple[float, float]:
+        now = time.perf_counter()
+        elapsed = max(now - self.t, 1e-9)
+        rate, wait = (step - self.step) * batch / elapsed, min(self.wait / elapsed, 1.0)
+        self.t, self.step, self.wait = now, step, 0.0
+        return rate, wait
+
+
+def _tensorboard(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # the loss's noise is drawn on the device
+    return state
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def _check_replicas_agree(policy: Policy) -> None:
+    """DDP keeps every process's weights equal; a difference means a broken setup, so say so."""
+    flat = torch.cat([p.detach().float().flatten() for p in policy.parameters()])
+    totals = [None] * dist.get_world_size()
+    dist.all_gather_object(totals, flat.double().sum().item())
+    if len(set(totals)) > 1:
+        raise RuntimeError(f"DDP processes ended with different weights (sums {totals})")
+
+
 def _batches(cfg: Config, store: DemoStore, store_path, gather: WindowGather, episodes):
-    """(epoch -> iterator of batches, number of windows). The order is a function of (seed, epoch)."""
+    """(epoch, (rank, world) -> iterator of batches, number of windows). The order is a function of
+    (seed, epoch); each process of a DDP run takes the same number of batches from it."""
     if cfg.data.num_workers == 0:
         data = InMemoryWindows(store, gather, episodes)
-        return (lambda epoch: data.batches(cfg.data.batch_size, seed=(cfg.train.seed, epoch))), len(data)
+        return (lambda epoch, shard: data.batches(cfg.data.batch_size, seed=(cfg.train.seed, epoch), shard=shard)), \
+            len(data)
     dataset = StreamingWindows(store_path, gather, cfg.data.batch_size, episodes=episodes, seed=cfg.train.seed)
+    # each worker drops its last partial batch: this many batches come whatever the split between workers
+    sure = max(len(dataset) - cfg.data.num_workers, 0)
 
-    def epoch_batches(epoch: int):
+    def epoch_batches(epoch: int, shard: tuple[int, int]):
         # fresh workers each epoch, their base seed drawn from a generator seeded by (seed, epoch)
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-        return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers,
-                                                multiprocessing_context="forkserver", worker_init_fn=worker_init,
-                                                generator=generator, prefetch_factor=4))
+        batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers,
+                                                   multiprocessing_context="forkserver", worker_init_fn=worker_init,
+                                                   generator=generator, prefetch_factor=4))
+        rank, world = shard
+        # DDP on streamed data: every process reads the epoch and keeps its share (simple; costs disk reads)
+        return batches if world == 1 else itertools.islice(batches, rank, sure - sure % world, world)
     return epoch_batches, dataset.n_windows
 
 
-def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int, epoch: int, position: int) -> None:
+def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int, epoch: int, position: int,
+                world: int = 1, writer: bool = True) -> None:
+    rngs = [_rng_state()]
+    if world > 1:  # every process's RNG, so a resumed DDP run draws the same noise
+        rngs = [None] * world
+        dist.all_gather_object(rngs, _rng_state())
+    if not writer:
+        return
     policy.save(out / "policy", weights=ema.weights)
     policy.save(out / "last")
     tmp = out / "train_state.pt.tmp"
     torch.save({"model": policy.state_dict(), "optim": optim.state_dict(), "schedule": schedule.state_dict(),
                 "ema": ema.weights, "ema_step": ema.step, "step": step, "epoch": epoch, "position": position,
-                "rng": torch.get_rng_state()}, tmp)
+                "rng": rngs}, tmp)
     tmp.replace(out / "train_state.pt")  # a crash mid-save leaves the previous state
 
 

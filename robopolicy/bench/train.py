@@ -1,0 +1,151 @@
+"""`robopolicy bench train`: what training on cached embeddings buys, and what a chunk costs to sample.
+
+Two tables from one run, on one synthetic store (96x96 images + state), on this machine:
+
+1. Training samples/s at a long context (To=16, H=32): end to end on images (the encoder runs forward
+   and backward on every frame of every window) vs on cached embeddings (``robopolicy cache``: the
+   head alone). Each step is a full step: batch gathered from RAM, moved to the device, loss,
+   backward, AdamW. Median of 3 timed stretches.
+2. Chunk latency of each sampler (DDIM-10 and DDPM-100 for the diffusion head) at batch 1, for K=1
+   and K=8 candidates in one call: encoder + sampling, median of repeated calls, and the ratios.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robopolicy.bench.data import synthetic_store
+from robopolicy.config import load_config
+from robopolicy.data.embeddings import EMBEDDING_KEY, write_cache
+from robopolicy.data.loaders import InMemoryWindows, WindowGather
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.store import DemoStore
+from robopolicy.data.windows import WindowSpec
+from robopolicy.policy import Policy
+
+LONG = {"n_obs": 16, "horizon": 32}
+# (label, config overrides) of each sampler whose chunk latency is measured
+SAMPLERS = [("DDIM-10", ["policy.diffusion.sampler=ddim", "policy.diffusion.inference_steps=10"]),
+            ("DDPM-100", ["policy.diffusion.sampler=ddpm"])]
+
+
+def _median_rate(step, seconds: float, per_step: int) -> float:
+    """Samples/s: median of 3 stretches of ``seconds / 3`` (at least 2 steps each), after one warm-up step."""
+    step()
+    rates = []
+    for _ in range(3):
+        n, t0 = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - t0 < seconds / 3:
+            step()
+            n += 1
+        rates.append(n * per_step / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _train_rate(policy: Policy, windows: InMemoryWindows, batch: int, device: torch.device, seconds: float,
+                bf16: bool) -> float:
+    policy.train()
+    optim = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+    rng = np.random.default_rng(0)
+
+    def step():
+        b = windows.batch(rng.choice(len(windows), batch, replace=False))
+        b = {"obs": {k: v.to(device) for k, v in b["obs"].items()}, "action": b["action"].to(device)}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = policy.loss(b)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        _sync(device)
+    return _median_rate(step, seconds, batch)
+
+
+def _latency_ms(policy: Policy, k: int, device: torch.device, calls: int) -> float:
+    policy.eval()
+    obs = {"state": torch.randn(1, policy.cfg.data.n_obs, *policy.schema["state"].shape, device=device)}
+    generator = torch.Generator(device=device).manual_seed(0)
+    times = []
+    for i in range(calls + 2):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            policy.head.sample(policy.encoder(obs), k=k, generator=generator)
+        _sync(device)
+        if i >= 2:  # two warm-up calls
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: float = 6.0, calls: int = 15,
+                    device: str = "auto", quick: bool = False, overrides: tuple[str, ...] = ()) -> dict:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    bf16 = dev.type == "cuda"
+    if quick:
+        batch, seconds, calls = 4, 0.3, 2
+    torch.manual_seed(0)
+    results: dict = {"device": str(dev), "batch": batch, "bf16": bf16}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        episodes, length = (2, 40) if quick else (8, 120)
+        synthetic_store(tmp / "demos.zarr", episodes, length).close()
+        overrides = [f"data.n_obs={LONG['n_obs']}", f"data.horizon={LONG['horizon']}", *overrides]
+        cfg = load_config(config, overrides)
+        with DemoStore.open(tmp / "demos.zarr") as store:
+            keys, schema = ["state", "action"], store.schema
+            normalizer = Normalizer.fit(store.load(keys), {k: "minmax" for k in keys})
+            policy = Policy(cfg, schema, normalizer).to(dev)
+            spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon)
+            images = InMemoryWindows(store, WindowGather(spec, policy.obs_keys, "action", normalizer))
+            print(f"{config}: {policy.cfg.policy.encoder.trunk} encoder, To={spec.n_obs} H={spec.horizon}, "
+                  f"batch {batch}, on {dev}{' (bf16 autocast)' if bf16 else ''}", flush=True)
+            results["image"] = _train_rate(policy, images, batch, dev, seconds, bf16)
+            print(f"  end to end on images: {results['image']:.1f} samples/s", flush=True)
+        # the cache of this (untrained) encoder: the timing does not depend on what the encoder learned
+        policy.cpu().save(tmp / "stage1")
+        cache = write_cache(tmp / "stage1", tmp / "demos.zarr", tmp / "cache.zarr", device=str(dev), progress=False)
+        with DemoStore.open(cache) as c:
+            cached = Policy(replace(cfg, policy=replace(cfg.policy, freeze_encoder=True)), schema, normalizer)
+            cached.load_state_dict(policy.state_dict())
+            cached.to(dev)
+            windows = InMemoryWindows(c, WindowGather(spec, [EMBEDDING_KEY], "action", normalizer))
+            results["cached"] = _train_rate(cached, windows, batch, dev, seconds, bf16)
+        print(f"  on cached embeddings: {results['cached']:.1f} samples/s", flush=True)
+
+        state_cfg = ["data.obs_keys=[state]", "data.n_obs=2", "data.horizon=16"]
+        results["latency"] = {}
+        for label, sampler in SAMPLERS:
+            head_cfg = load_config("diffusion", [*state_cfg, *sampler])
+            torch.manual_seed(0)
+            p = Policy(head_cfg, schema, normalizer).to(dev)
+            results["latency"][label] = {k: _latency_ms(p, k, dev, calls) for k in (1, 8)}
+            print(f"  {label}: {results['latency'][label][1]:.1f} ms (K=1), "
+                  f"{results['latency'][label][8]:.1f} ms (K=8)", flush=True)
+    _print_tables(results, config)
+    return results
+
+
+def _print_tables(r: dict, config: str) -> None:
+    print(f"\ntraining at To={LONG['n_obs']}, H={LONG['horizon']} ({config}, batch {r['batch']}, {r['device']}), "
+          "samples/s, median of 3:")
+    print(f"  end to end on images  {r['image']:>10.1f}")
+    print(f"  on cached embeddings  {r['cached']:>10.1f}")
+    print(f"  cached / images       {r['cached'] / r['image']:>10.1f}x")
+    print("\nchunk latency at batch 1 (state diffusion head, To=2, H=16; encoder + sampling), ms, median of calls:")
+    print(f"  {'sampler':<10} {'K=1':>8} {'K=8':>8} {'K=8/K=1':>8}")
+    for label, lat in r["latency"].items():
+        print(f"  {label:<10} {lat[1]:>8.1f} {lat[8]:>8.1f} {lat[8] / lat[1]:>7.1f}x")
+    lat = r["latency"]
+    if {"DDIM-10", "DDPM-100"} <= set(lat):
+        print(f"  DDPM-100 / DDIM-10: {lat['DDPM-100'][1] / lat['DDIM-10'][1]:.1f}x (K=1), "
+              f"{lat['DDPM-100'][8] / lat['DDIM-10'][8]:.1f}x (K=8)")
