@@ -11,6 +11,8 @@ from pathlib import Path
 
 from robopolicy.errors import ConfigError
 from robopolicy.heads.diffusion import DiffusionHeadConfig
+from robopolicy.heads.ebt import EBTHeadConfig
+from robopolicy.heads.ptp import PTPHeadConfig
 from robopolicy.models.encoders import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -23,6 +25,7 @@ class DataConfig:
     n_obs: int = 2  # To
     horizon: int = 16  # H
     stride: int = 1  # s
+    past_act: bool = False  # also feed the action executed before each frame (PTP's past-actions-as-input ablation)
     n_action_steps: int = 8  # Ta: actions executed per chunk
     val_fraction: float = 0.1
     batch_size: int = 64
@@ -57,10 +60,12 @@ class TrainConfig:
 
 @dataclass
 class PolicyConfig:
-    head: str = "diffusion"
+    head: str = "diffusion"  # "diffusion", "ptp" or "ebt"; each reads its own section below
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     freeze_encoder: bool = False  # set by training on cached embeddings: the encoder that made them, frozen
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
+    ptp: PTPHeadConfig = field(default_factory=PTPHeadConfig)
+    ebt: EBTHeadConfig = field(default_factory=EBTHeadConfig)
 
 
 @dataclass

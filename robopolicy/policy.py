@@ -20,6 +20,8 @@ from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
 from robopolicy.errors import ConfigError
 from robopolicy.heads.diffusion import DiffusionHead
+from robopolicy.heads.ebt import EBTHead
+from robopolicy.heads.ptp import PTPHead
 from robopolicy.models.encoders import ObsEncoder
 
 
@@ -38,6 +40,20 @@ def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
     return keys
 
 
+PAST_ACT = "past_act"
+
+
+def build_head(cfg: Config, action_dim: int, cond_dim: int) -> nn.Module:
+    """The head ``cfg.policy.head`` names, built from its own config section (policy.diffusion, .ptp, .ebt)."""
+    heads = {"diffusion": lambda: DiffusionHead(action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim,
+                                                cfg.policy.diffusion),
+             "ptp": lambda: PTPHead(action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim, cfg.policy.ptp),
+             "ebt": lambda: EBTHead(action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim, cfg.policy.ebt)}
+    if cfg.policy.head not in heads:
+        raise ConfigError(f"unknown head {cfg.policy.head!r}; available: {', '.join(heads)}")
+    return heads[cfg.policy.head]()
+
+
 class Policy(nn.Module):
     def __init__(self, cfg: Config, schema: dict[str, Field], normalizer: Normalizer):
         super().__init__()
@@ -47,10 +63,9 @@ class Policy(nn.Module):
         low_dim = {k: int(np.prod(schema[k].shape)) for k in self.obs_keys if not schema[k].is_image}
         self.encoder = ObsEncoder(images, low_dim, cfg.policy.encoder)
         self.action_dim = int(np.prod(schema[cfg.data.action_key].shape))
-        if cfg.policy.head != "diffusion":
-            raise ConfigError(f"unknown head {cfg.policy.head!r}; available: diffusion")
-        self.head = DiffusionHead(self.action_dim, cfg.data.horizon, cfg.data.n_obs, self.encoder.out_dim,
-                                  cfg.policy.diffusion)
+        # executed past actions as an input (PTP's `past_act` ablation) join each frame's features
+        cond_dim = self.encoder.out_dim + (self.action_dim if cfg.data.past_act else 0)
+        self.head = build_head(cfg, self.action_dim, cond_dim)
         if cfg.policy.freeze_encoder:  # a stage-2 policy: the encoder that made its cached embeddings
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -64,7 +79,10 @@ class Policy(nn.Module):
     def condition(self, obs: dict) -> torch.Tensor:
         """(B, To, D) per-frame features: cached embeddings when the batch carries them (the encoder
         does not run), else the encoder's output."""
-        return obs[EMBEDDING_KEY] if EMBEDDING_KEY in obs else self.encoder(obs)
+        features = obs[EMBEDDING_KEY] if EMBEDDING_KEY in obs else self.encoder(obs)
+        if self.cfg.data.past_act:
+            features = torch.cat([features, obs[PAST_ACT].to(features.dtype)], dim=-1)
+        return features
 
     def forward(self, batch: dict) -> torch.Tensor:
         """The training loss of a batch from the loaders (already normalized): obs (B, To, ...),
@@ -77,7 +95,9 @@ class Policy(nn.Module):
     @torch.no_grad()
     def act(self, obs_window: dict[str, np.ndarray], executed_actions: np.ndarray | None = None, k: int = 1,
             generator: torch.Generator | None = None, t0: int = 0) -> ActionChunk:
-        """``obs_window[key]``: (To, ...) raw observations, oldest first. Returns the Ta actions from now."""
+        """``obs_window[key]``: (To, ...) raw observations, oldest first. ``executed_actions`` (To, Da): the
+        action executed just before each of those frames (needed when ``data.past_act``). Returns the Ta
+        actions from now."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -87,11 +107,21 @@ class Policy(nn.Module):
             if key in self.normalizer.scale:
                 x = self.normalizer.normalize(key, x)
             obs[key] = torch.as_tensor(x, device=device)[None]
-        candidates, info = self.head.sample(self.encoder(obs), k=k, generator=generator)
-        chunk = self.normalizer.unnormalize(self.cfg.data.action_key, candidates[0, 0].float().cpu().numpy())
+        if self.cfg.data.past_act:
+            if executed_actions is None or np.shape(executed_actions) != (self.cfg.data.n_obs, self.action_dim):
+                raise ConfigError(f"this policy takes executed past actions as input: pass executed_actions of shape "
+                                  f"({self.cfg.data.n_obs}, {self.action_dim}), got "
+                                  f"{None if executed_actions is None else np.shape(executed_actions)}")
+            past = self.normalizer.normalize(self.cfg.data.action_key, np.asarray(executed_actions, np.float32))
+            obs[PAST_ACT] = torch.as_tensor(past, device=device)[None]
+        candidates, info = self.head.sample(self.condition(obs), k=k, generator=generator)
+        scores = info.get("scores")  # lower is better (EBT: final energy); without scores, the first candidate
+        best = int(scores[0].argmin()) if scores is not None else 0
+        chunk = self.normalizer.unnormalize(self.cfg.data.action_key, candidates[0, best].float().cpu().numpy())
         start = self.cfg.data.n_obs - 1
         self.train(was_training)
-        return ActionChunk(chunk[start: start + self.cfg.data.n_action_steps], t0, info.get("scores"))
+        return ActionChunk(chunk[start: start + self.cfg.data.n_action_steps], t0,
+                           None if scores is None else scores[0].float().cpu().numpy())
 
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:

@@ -40,7 +40,10 @@ class DiffusionHeadConfig:
 
 
 class DiffusionHead(nn.Module):
-    def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: DiffusionHeadConfig):
+    def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: DiffusionHeadConfig,
+                 first_supervised: int | None = None):
+        """``first_supervised``: the first chunk token the loss covers (default: 0 with ``supervise_past``,
+        else the current token, To-1)."""
         super().__init__()
         if cfg.sampler not in ("ddim", "ddpm"):
             raise ConfigError(f"diffusion sampler must be 'ddim' or 'ddpm', got {cfg.sampler!r}")
@@ -54,7 +57,7 @@ class DiffusionHead(nn.Module):
         else:
             raise ConfigError(f"denoiser must be 'unet' or 'transformer', got {cfg.denoiser!r}")
         self.noise_schedule = DDPMScheduler(num_train_timesteps=cfg.train_steps, **cfg.scheduler_kwargs)
-        first = 0 if cfg.supervise_past else n_obs - 1
+        first = first_supervised if first_supervised is not None else (0 if cfg.supervise_past else n_obs - 1)
         self.register_buffer("token_weight", (torch.arange(horizon) >= first).float(), persistent=False)
 
     def loss(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

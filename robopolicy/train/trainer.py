@@ -94,7 +94,7 @@ class _Data:
 
 
 def _data(cfg: Config, store_path, embeddings) -> _Data:
-    spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride)
+    spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride, past_act=cfg.data.past_act)
     if embeddings is None:
         if store_path is None:
             raise ConfigError("nothing to train on: pass --store (a demo store) or --embeddings (a cache)")

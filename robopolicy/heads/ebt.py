@@ -1,0 +1,135 @@
+"""EBT-Policy head (energy-based transformer policy; algorithms.md §2.2-2.4).
+
+A scalar energy E(o, a) over an action trajectory, minimized by a few gradient steps from noise:
+
+    y  = rms_norm(a.detach())                       # pre-sample normalization
+    y += sigma_i * eps                              # training only: cosine-annealed Langevin noise 0.2 -> 0.002
+    look = y + mu * v                               # Nesterov look-ahead, mu = 0.9
+    E = energy(look, obs tokens)                    # (B,), mean over the Tp x Da outputs
+    alpha_eff = alpha_i * exp(E) / T                # energy-scaled step; alpha_i ~ U[alpha/1.5, 1.5 alpha] in training
+    v = mu * v - alpha_eff * dE/dlook ; a = y + v
+
+Training unrolls 6 + U{0..4} steps with second-order gradients (create_graph) and supervises every
+iterate (mean of MSE(a_i, a*)); the trainer clips gradients at 1.0 (the ebt configs). Inference takes
+``inference_steps`` (default 2) steps, stopping early per sample once ||dE/da|| <= min_grad when
+allowed more, and returns each candidate's final energy (lower = more confident).
+
+Batch invariance: the reference normalizes y over the whole (B, T, D) tensor (F.rms_norm(x, x.shape)),
+so in training a sample's step depends on the rest of its batch. Here the normalization is per sample
+by default; ``batch_rms_norm=true`` restores the reference form (used by a faithfulness test).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robopolicy.errors import ConfigError
+from robopolicy.models.energy import EnergyTransformer, ObsTemporalEncoder
+
+
+@dataclass
+class EBTHeadConfig:
+    n_layer: int = 8  # energy transformer blocks
+    obs_layers: int = 8  # observation temporal encoder blocks
+    n_head: int = 4
+    n_emb: int = 256
+    step_size: float = 1000.0  # alpha (clamped >= 1e-4)
+    step_size_jitter: float = 1.5  # training: alpha_i ~ U[alpha / s, alpha * s] per sample
+    energy_temperature: float = 1.0  # alpha_eff = alpha * exp(E) / T
+    momentum: float = 0.9  # Nesterov mu
+    train_steps: int = 6  # unrolled steps in training: train_steps + U{0..train_steps_extra}
+    train_steps_extra: int = 4
+    langevin_max: float = 0.2  # training noise, cosine-annealed from max to min over the unrolled steps
+    langevin_min: float = 0.002
+    inference_steps: int = 2  # the paper's "2 steps"
+    min_grad: float = 1e-3  # early stop when more steps are allowed
+    batch_rms_norm: bool = False  # True: the reference's whole-batch normalization (not batch-invariant)
+
+
+class EBTHead(nn.Module):
+    def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: EBTHeadConfig):
+        super().__init__()
+        if cfg.inference_steps < 1 or cfg.train_steps < 1:
+            raise ConfigError("ebt needs inference_steps >= 1 and train_steps >= 1")
+        self.cfg, self.action_dim, self.horizon, self.n_obs = cfg, action_dim, horizon, n_obs
+        self.obs_encoder = ObsTemporalEncoder(cond_dim, n_obs, cfg.n_emb, cfg.obs_layers, cfg.n_head)
+        self.energy = EnergyTransformer(action_dim, horizon, n_obs, cfg.n_emb, cfg.n_layer, cfg.n_head)
+
+    # ----------------------------------------------------------------- one step
+    def _normalize(self, a: torch.Tensor) -> torch.Tensor:
+        if self.cfg.batch_rms_norm:
+            return F.rms_norm(a, a.shape)
+        return F.rms_norm(a, a.shape[1:])  # per sample: (T, D)
+
+    def _step(self, a, v, tokens, i: int, n: int, train: bool, generator=None):
+        """One energy-gradient step; returns (a, v, energy, grad)."""
+        cfg = self.cfg
+        y = self._normalize(a.detach().requires_grad_())
+        if train:
+            sigma = cfg.langevin_min + 0.5 * (cfg.langevin_max - cfg.langevin_min) * (1 + math.cos(math.pi * i / n))
+            y = y + sigma * torch.randn_like(y)
+        look = y + cfg.momentum * v
+        energy = self.energy(look, tokens)
+        alpha = max(cfg.step_size, 1e-4)
+        if train:
+            s = cfg.step_size_jitter
+            alpha = torch.empty_like(energy).uniform_(alpha / s, alpha * s)
+        alpha_eff = alpha * torch.exp(energy) / cfg.energy_temperature
+        (grad,) = torch.autograd.grad(energy.sum(), look, create_graph=train)
+        v = cfg.momentum * v - alpha_eff[:, None, None] * grad
+        return y + v, v, energy, grad
+
+    # ----------------------------------------------------------------- training
+    def loss(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """cond (B, To, D), actions (B, Tp, Da) in [-1, 1]: the mean over unrolled steps of MSE(a_i, a*)."""
+        if actions.detach().abs().max() > 1.0 + 1e-5:
+            raise ConfigError("EBT trains on actions normalized to [-1, 1]; these reach "
+                              f"{actions.detach().abs().max().item():.3f}: normalize actions with minmax statistics")
+        tokens = self.obs_encoder(cond)
+        n = self.cfg.train_steps + int(torch.randint(0, self.cfg.train_steps_extra + 1, ()).item())
+        a = torch.randn_like(actions)
+        v = torch.zeros_like(actions)
+        with torch.enable_grad():
+            losses = []
+            for i in range(n):
+                a, v, _, _ = self._step(a, v, tokens, i, n, train=True)
+                losses.append(F.mse_loss(a, actions))
+        return torch.stack(losses).mean()
+
+    # ----------------------------------------------------------------- inference
+    def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None, steps: int | None = None) -> tuple[torch.Tensor, dict]:
+        """K candidates (B, K, Tp, Da) and info["energy"] / info["scores"] (B, K): each one's final energy.
+        ``init`` (B, K, Tp, Da): start from these actions (warm start) instead of noise; ``steps``: the
+        most gradient steps (default ``inference_steps``). Runs with autograd on, even inside
+        ``torch.inference_mode`` or ``torch.no_grad``."""
+        cfg, b = self.cfg, cond.shape[0]
+        steps = steps or cfg.inference_steps
+        shape = (b * k, self.horizon, self.action_dim)
+        with torch.inference_mode(False), torch.enable_grad():
+            cond = cond.clone()  # a tensor made under inference_mode cannot enter autograd; its clone here can
+            if init is None:
+                a = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            else:
+                a = init.reshape(shape).to(cond.device, cond.dtype).clone()
+            tokens = self.obs_encoder(cond).repeat_interleave(k, dim=0).detach()
+            v = torch.zeros_like(a)
+            active = torch.ones(b * k, dtype=torch.bool, device=a.device)
+            i = 0
+            # per sample: stop once its gradient is small (never before the first step), then one final step
+            while i < steps - 1 and bool(active.any()):
+                a_new, v_new, _, grad = self._step(a, v, tokens, i, steps, train=False)
+                keep = active[:, None, None]
+                a, v = torch.where(keep, a_new.detach(), a), torch.where(keep, v_new.detach(), v)
+                active &= grad.flatten(1).norm(dim=1) > cfg.min_grad
+                i += 1
+            a, _, energy, _ = self._step(a, v, tokens, i, steps, train=False)
+        a, energy = a.detach().reshape(b, k, self.horizon, self.action_dim), energy.detach().reshape(b, k)
+        return a, {"energy": energy, "scores": energy}
+
+
+__all__ = ["EBTHead", "EBTHeadConfig"]

@@ -1,0 +1,61 @@
+"""Past-Token Prediction head (Torne, Tang, Liu, Finn 2025; algorithms.md §1).
+
+Diffusion Policy's transformer denoiser over a long context (one condition token per frame; causal
+action self-attention; action token i sees frames 0..i only) whose chunk starts with the To-1 past
+actions, taken at the observation frames' timestamps: [a_{t-(To-1)s} .. a_{t-s} | a_t | a_{t+1} ..].
+The past tokens are noised and denoised like the future ones (targets, never clean inputs) and the
+loss covers them with the same weight as every other token (no lambda). ``sample`` returns the
+predicted past with each candidate, which test-time verification compares with what the robot did.
+
+Baselines are configs of this head: ``past_action_pred=false`` (long context, DP's loss over
+[To-1, H)), To=2 (no history), and executed past actions as an input (``data.past_act=true``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from robopolicy.heads.diffusion import DiffusionHead, DiffusionHeadConfig
+
+
+@dataclass
+class PTPHeadConfig:
+    past_action_pred: bool = True  # False: the no-PTP baseline (tokens To-1..H-1 only)
+    past_steps_reg: int = -1  # -1: every past token supervised; K >= 0: only the K most recent
+    n_layer: int = 8
+    n_head: int = 4
+    n_emb: int = 256
+    p_drop_attn: float = 0.3
+    train_steps: int = 100
+    sampler: str = "ddpm"  # the paper: DDPM with all 100 steps; "ddim" with inference_steps for CPU configs
+    inference_steps: int = 100
+    scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
+                                                             "prediction_type": "epsilon", "clip_sample": True})
+
+    def first_supervised(self, n_obs: int) -> int:
+        """The first chunk token the loss covers (algorithms.md §1.3)."""
+        if not self.past_action_pred:
+            return n_obs - 1
+        if self.past_steps_reg < 0:
+            return 0
+        return max(n_obs - 1 - self.past_steps_reg, 0)
+
+
+class PTPHead(DiffusionHead):
+    def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: PTPHeadConfig):
+        diffusion = DiffusionHeadConfig(denoiser="transformer", n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                        n_emb=cfg.n_emb, p_drop_attn=cfg.p_drop_attn, train_steps=cfg.train_steps,
+                                        sampler=cfg.sampler, inference_steps=cfg.inference_steps,
+                                        scheduler_kwargs=dict(cfg.scheduler_kwargs))
+        super().__init__(action_dim, horizon, n_obs, cond_dim, diffusion, cfg.first_supervised(n_obs))
+        self.ptp = cfg
+
+    def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, dict]:
+        """K candidate chunks (B, K, H, Da); info["past"] (B, K, To-1, Da): each candidate's predicted past."""
+        chunks, info = super().sample(cond, k, generator)
+        return chunks, {**info, "past": chunks[:, :, : self.n_obs - 1]}
+
+
+__all__ = ["PTPHead", "PTPHeadConfig"]

@@ -1,0 +1,128 @@
+"""Past-Token Prediction head: faithfulness checks of algorithms.md §4 (PTP) that concern training and
+sampling, each able to fail."""
+import numpy as np
+import pytest
+import torch
+
+from robopolicy.config import load_config
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.store import Field
+from robopolicy.errors import ConfigError
+from robopolicy.heads.ptp import PTPHead, PTPHeadConfig
+from robopolicy.policy import Policy
+
+H, DA, TO, D = 12, 3, 5, 6
+
+
+def _head(**kw):
+    torch.manual_seed(0)
+    cfg = PTPHeadConfig(n_layer=1, n_head=2, n_emb=16, p_drop_attn=0.0, sampler="ddim", inference_steps=5, **kw)
+    return PTPHead(DA, H, TO, D, cfg)
+
+
+class _Recorder(torch.nn.Module):
+    """Predicts a given tensor and records what the denoiser was given."""
+
+    def __init__(self, pred):
+        super().__init__()
+        self.pred, self.inputs = pred, []
+
+    def forward(self, x, t, cond):
+        self.inputs.append((x.clone(), t.clone(), cond.clone()))
+        return self.pred
+
+
+def _loss_with(head, token=None, delta=0.5, seed=1):
+    actions, cond = torch.rand(2, H, DA) * 2 - 1, torch.randn(2, TO, D)
+    torch.manual_seed(seed)
+    noise = torch.randn_like(actions)  # the loss draws exactly this first
+    pred = noise.clone()
+    if token is not None:
+        pred[:, token] += delta
+    head.denoiser = _Recorder(pred)
+    torch.manual_seed(seed)
+    return head.loss(cond, actions).item()
+
+
+@pytest.mark.parametrize("kw, first", [({}, 0), ({"past_action_pred": False}, TO - 1),
+                                       ({"past_steps_reg": 2}, TO - 1 - 2), ({"past_steps_reg": 0}, TO - 1)])
+def test_check3_loss_mask(kw, first):
+    """PTP: all H tokens; no-PTP: [To-1, H); past_steps_reg=K: [To-1-K, H). An error on an excluded
+    token leaves the loss unchanged; on the first supervised token it does not."""
+    head = _head(**kw)
+    base = _loss_with(head)
+    assert base == pytest.approx(0.0, abs=1e-12)
+    if first > 0:
+        assert _loss_with(head, token=first - 1) == base
+    assert _loss_with(head, token=first) > base
+
+
+def test_check4_one_past_and_one_future_token_weigh_the_same():
+    head = _head()
+    past, future = _loss_with(head, token=1), _loss_with(head, token=H - 1)
+    assert past == pytest.approx(future, rel=1e-6) and past == pytest.approx(0.5**2 / H, rel=1e-5)
+
+
+def test_check5_past_tokens_are_noised_targets_never_clean_inputs():
+    head = _head()
+    actions, cond = torch.rand(4, H, DA) * 2 - 1, torch.randn(4, TO, D)
+    head.denoiser = _Recorder(torch.zeros(4, H, DA))
+    torch.manual_seed(3)
+    head.loss(cond, actions)
+    torch.manual_seed(3)
+    noise = torch.randn_like(actions)
+    steps = torch.randint(0, 100, (4,))
+    x, t, _ = head.denoiser.inputs[0]
+    assert torch.equal(t, steps)
+    assert torch.allclose(x, head.noise_schedule.add_noise(actions, noise, steps), atol=1e-6)
+    assert not torch.allclose(x[:, : TO - 1], actions[:, : TO - 1], atol=1e-3)  # the past is noised, not given
+
+
+def test_check6_and_8_ddpm_100_epsilon_per_frame_condition():
+    head = PTPHead(DA, H, TO, D, PTPHeadConfig(n_layer=1, n_head=2, n_emb=16))
+    assert head.cfg.sampler == "ddpm" and len(head._sampler().timesteps) == 100
+    cfg = head.noise_schedule.config
+    assert (cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type, cfg.clip_sample) == \
+        (100, "squaredcos_cap_v2", "epsilon", True)
+    assert head.denoiser.cond_pos.shape == (1, 1 + TO, 16)  # step token + one token per frame
+
+
+def test_check7_masks_hold_in_the_ptp_head():
+    head = _head().eval()
+    x, step, cond = torch.randn(2, H, DA), torch.tensor([9]), torch.randn(2, TO, D)
+    base = head.denoiser(x, step, cond)
+    for j in range(1, TO):
+        changed = cond.clone()
+        changed[:, j] -= 2.0
+        out = head.denoiser(x, step, changed)
+        assert torch.allclose(out[:, :j], base[:, :j], atol=1e-6) and not torch.allclose(out[:, j:], base[:, j:])
+
+
+def test_sample_exposes_each_candidates_past():
+    head = _head()
+    chunks, info = head.sample(torch.randn(2, TO, D), k=3, generator=torch.Generator().manual_seed(0))
+    assert chunks.shape == (2, 3, H, DA) and info["past"].shape == (2, 3, TO - 1, DA)
+    assert torch.equal(info["past"], chunks[:, :, : TO - 1])
+    assert not torch.equal(chunks[:, 0], chunks[:, 1])  # independent noise per candidate
+
+
+def test_check13_baselines_are_configs_of_the_same_head():
+    schema = {"state": Field((4,), np.dtype(np.float32)), "action": Field((DA,), np.dtype(np.float32))}
+    norm = Normalizer({"state": np.ones(4), "action": np.ones(DA)}, {"state": np.zeros(4), "action": np.zeros(DA)})
+    small = ["policy.head=ptp", "policy.ptp.n_layer=1", "policy.ptp.n_emb=16", "policy.ptp.n_head=2",
+             "data.obs_keys=[state]"]
+    no_ptp = Policy(load_config("diffusion", small + ["policy.ptp.past_action_pred=false", "data.n_obs=16",
+                                                      "data.horizon=32"]), schema, norm)
+    no_history = Policy(load_config("diffusion", small + ["data.n_obs=2"]), schema, norm)
+    past_act = Policy(load_config("diffusion", small + ["data.n_obs=16", "data.horizon=32", "data.past_act=true"]),
+                      schema, norm)
+    assert [type(p.head).__name__ for p in (no_ptp, no_history, past_act)] == ["PTPHead"] * 3
+    assert no_ptp.head.token_weight[:15].sum() == 0 and no_ptp.head.token_weight[15:].all()
+    assert no_history.head.token_weight.all()
+    # executed past actions join each frame's features and are required at act time
+    assert past_act.head.denoiser.cond_in.in_features == 4 + DA
+    window = {"state": np.zeros((16, 4), np.float32)}
+    with pytest.raises(ConfigError, match="executed_actions of shape"):
+        past_act.act(window)
+    chunk = past_act.act(window, np.zeros((16, DA), np.float32), generator=torch.Generator().manual_seed(0))
+    assert chunk.actions.shape == (8, DA)
