@@ -40,5 +40,5 @@ def test_bench_train_runs_and_prints_ratios():
     result = run_cli("bench", "train", "--quick")
     assert result.returncode == 0, result.stderr
     for words in ("end to end on images", "on cached embeddings", "cached / images", "DDIM-10", "DDPM-100",
-                  "DDPM-100 / DDIM-10"):
+                  "PTP", "EBT-2", "DDPM-100 / DDIM-10", "DDPM-100 / EBT-2", "DDIM-10 / EBT-2"):
         assert words in result.stdout

@@ -6,8 +6,10 @@ Two tables from one run, on one synthetic store (96x96 images + state), on this 
    and backward on every frame of every window) vs on cached embeddings (``robopolicy cache``: the
    head alone). Each step is a full step: batch gathered from RAM, moved to the device, loss,
    backward, AdamW. Median of 3 timed stretches.
-2. Chunk latency of each sampler (DDIM-10 and DDPM-100 for the diffusion head) at batch 1, for K=1
-   and K=8 candidates in one call: encoder + sampling, median of repeated calls, and the ratios.
+2. Per head, on state with its shipped config (diffusion with DDIM-10 and with DDPM-100, PTP at
+   To=16, EBT with 2 steps): training samples/s, and chunk latency at batch 1 for K=1 and K=8
+   candidates in one call (encoder + sampling, median of repeated calls), with the ratios
+   DDPM-100 / DDIM-10, DDPM-100 / EBT-2 and DDIM-10 / EBT-2.
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ from robopolicy.data.windows import WindowSpec
 from robopolicy.policy import Policy
 
 LONG = {"n_obs": 16, "horizon": 32}
-# (label, config overrides) of each sampler whose chunk latency is measured
-SAMPLERS = [("DDIM-10", ["policy.diffusion.sampler=ddim", "policy.diffusion.inference_steps=10"]),
-            ("DDPM-100", ["policy.diffusion.sampler=ddpm"])]
+HEAD_BATCH = 64
+# (label, shipped state config, overrides) of each head timed: training samples/s and chunk latency
+HEADS = [("DDIM-10", "diffusion", []), ("DDPM-100", "diffusion", ["policy.diffusion.sampler=ddpm"]),
+         ("PTP", "ptp", []), ("EBT-2", "ebt", [])]
 
 
 def _median_rate(step, seconds: float, per_step: int) -> float:
@@ -72,6 +75,7 @@ def _train_rate(policy: Policy, windows: InMemoryWindows, batch: int, device: to
 
 
 def _latency_ms(policy: Policy, k: int, device: torch.device, calls: int) -> float:
+    """Encoder + sampling of K candidates for one observation window, ms, median of ``calls``."""
     policy.eval()
     obs = {"state": torch.randn(1, policy.cfg.data.n_obs, *policy.schema["state"].shape, device=device)}
     generator = torch.Generator(device=device).manual_seed(0)
@@ -94,7 +98,7 @@ def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: f
     if quick:
         batch, seconds, calls = 4, 0.3, 2
     torch.manual_seed(0)
-    results: dict = {"device": str(dev), "batch": batch, "bf16": bf16}
+    results: dict = {"device": str(dev), "batch": batch, "bf16": bf16, "head_batch": 8 if quick else HEAD_BATCH}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         episodes, length = (2, 40) if quick else (8, 120)
@@ -122,15 +126,19 @@ def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: f
             results["cached"] = _train_rate(cached, windows, batch, dev, seconds, bf16)
         print(f"  on cached embeddings: {results['cached']:.1f} samples/s", flush=True)
 
-        state_cfg = ["data.obs_keys=[state]", "data.n_obs=2", "data.horizon=16"]
-        results["latency"] = {}
-        for label, sampler in SAMPLERS:
-            head_cfg = load_config("diffusion", [*state_cfg, *sampler])
-            torch.manual_seed(0)
-            p = Policy(head_cfg, schema, normalizer).to(dev)
-            results["latency"][label] = {k: _latency_ms(p, k, dev, calls) for k in (1, 8)}
-            print(f"  {label}: {results['latency'][label][1]:.1f} ms (K=1), "
-                  f"{results['latency'][label][8]:.1f} ms (K=8)", flush=True)
+        results["heads"] = {}
+        with DemoStore.open(tmp / "demos.zarr") as store:
+            for label, name, head_overrides in HEADS:
+                head_cfg = load_config(name, ["data.obs_keys=[state]", *head_overrides])
+                torch.manual_seed(0)
+                p = Policy(head_cfg, schema, normalizer).to(dev)
+                spec = WindowSpec(head_cfg.data.n_obs, head_cfg.data.horizon, head_cfg.data.stride)
+                windows = InMemoryWindows(store, WindowGather(spec, p.obs_keys, "action", normalizer))
+                row = {"train": _train_rate(p, windows, results["head_batch"], dev, seconds / 2, bf16),
+                       "latency": {k: _latency_ms(p, k, dev, calls) for k in (1, 8)}}
+                results["heads"][label] = row
+                print(f"  {label}: {row['train']:.0f} samples/s training; {row['latency'][1]:.1f} ms (K=1), "
+                      f"{row['latency'][8]:.1f} ms (K=8)", flush=True)
     _print_tables(results, config)
     return results
 
@@ -141,11 +149,15 @@ def _print_tables(r: dict, config: str) -> None:
     print(f"  end to end on images  {r['image']:>10.1f}")
     print(f"  on cached embeddings  {r['cached']:>10.1f}")
     print(f"  cached / images       {r['cached'] / r['image']:>10.1f}x")
-    print("\nchunk latency at batch 1 (state diffusion head, To=2, H=16; encoder + sampling), ms, median of calls:")
-    print(f"  {'sampler':<10} {'K=1':>8} {'K=8':>8} {'K=8/K=1':>8}")
-    for label, lat in r["latency"].items():
-        print(f"  {label:<10} {lat[1]:>8.1f} {lat[8]:>8.1f} {lat[8] / lat[1]:>7.1f}x")
-    lat = r["latency"]
-    if {"DDIM-10", "DDPM-100"} <= set(lat):
-        print(f"  DDPM-100 / DDIM-10: {lat['DDPM-100'][1] / lat['DDIM-10'][1]:.1f}x (K=1), "
-              f"{lat['DDPM-100'][8] / lat['DDIM-10'][8]:.1f}x (K=8)")
+    print(f"\nper head on state, shipped configs (DDIM-10 / DDPM-100: diffusion; PTP: ptp, To=16, DDIM-10; EBT-2: ebt, "
+          f"2 steps): training samples/s at batch {r['head_batch']}; chunk latency at batch 1 (encoder + "
+          "sampling), ms, median of calls")
+    print(f"  {'head':<10} {'train samples/s':>16} {'K=1 ms':>8} {'K=8 ms':>8} {'K=8/K=1':>8}")
+    for label, row in r["heads"].items():
+        lat = row["latency"]
+        print(f"  {label:<10} {row['train']:>16.0f} {lat[1]:>8.1f} {lat[8]:>8.1f} {lat[8] / lat[1]:>7.1f}x")
+    lat = {label: row["latency"] for label, row in r["heads"].items()}
+    for slow, fast in (("DDPM-100", "DDIM-10"), ("DDPM-100", "EBT-2"), ("DDIM-10", "EBT-2")):
+        if slow in lat and fast in lat:
+            print(f"  {slow} / {fast}: {lat[slow][1] / lat[fast][1]:.1f}x (K=1), "
+                  f"{lat[slow][8] / lat[fast][8]:.1f}x (K=8)")
