@@ -171,3 +171,30 @@ def test_sampling_runs_under_inference_mode_and_warm_starts():
     warm_a, _ = head.sample(cond, k=1, init=init)
     warm_b, _ = head.sample(cond, k=1, init=init + 0.5)
     assert not torch.allclose(warm_a, warm_b)  # the start matters: it is used, not replaced by noise
+
+
+def test_energy_drops_and_the_last_iterate_beats_the_first_check25():
+    """Check 25, after fitting one demonstration chunk: the energy after optimization is below the initial one,
+    and the 2-step result is closer to the demonstration than the 1-step one."""
+    torch.manual_seed(0)
+    head = EBTHead(2, 8, 2, 4, EBTHeadConfig(n_layer=1, obs_layers=1, n_head=2, n_emb=32))
+    actions = torch.tanh(torch.randn(1, 8, 2).cumsum(1) * 0.4)
+    cond = torch.randn(1, 2, 4)
+    steps = 200
+    optim = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
+    for _ in range(steps):
+        loss = head.loss(cond.expand(16, -1, -1), actions.expand(16, -1, -1))
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        optim.step()
+        schedule.step()
+    samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
+    first, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0), steps=1)
+    assert ((samples[0] - actions) ** 2).mean() < ((first[0] - actions) ** 2).mean()
+    with torch.no_grad():
+        tokens = head.obs_encoder(cond).repeat_interleave(16, dim=0)
+        start = torch.randn((16, 8, 2), generator=torch.Generator().manual_seed(0))  # what sample started from
+        energy = lambda a: head.energy(F.rms_norm(a, a.shape[1:]), tokens)  # noqa: E731
+        assert energy(samples[0]).mean() < energy(start).mean()
