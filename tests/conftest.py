@@ -35,3 +35,23 @@ def tree_snapshot(path: Path) -> dict[str, bytes]:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def fit_one_chunk(head, n_obs: int, steps: int, lr: float, batch: int, clip: float | None = None):
+    """Train a head on one demonstration chunk (8 steps of 2-d actions under one fixed condition of
+    n_obs 4-d frames), the overfit acceptance of every head; returns (cond, actions)."""
+    import torch
+
+    actions = torch.tanh(torch.randn(1, 8, 2).cumsum(1) * 0.4)
+    cond = torch.randn(1, n_obs, 4)
+    optim = torch.optim.AdamW(head.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
+    for _ in range(steps):
+        loss = head.loss(cond.expand(batch, -1, -1), actions.expand(batch, -1, -1))
+        optim.zero_grad()
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(head.parameters(), clip)
+        optim.step()
+        schedule.step()
+    return cond, actions

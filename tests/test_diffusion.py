@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import fit_one_chunk
 from robopolicy.heads.diffusion import DiffusionHead, DiffusionHeadConfig
 from robopolicy.models.unet1d import ConditionalUnet1D
 
@@ -104,17 +105,7 @@ def test_overfits_a_single_demo():
     """Acceptance: one demonstration chunk learned until sampled chunks match it (normalized MSE < 0.01)."""
     torch.manual_seed(0)
     head = DiffusionHead(2, 8, 1, 4, DiffusionHeadConfig(down_dims=(32, 64), step_embed_dim=32))
-    actions = torch.tanh(torch.randn(1, 8, 2).cumsum(1) * 0.4)
-    cond = torch.randn(1, 1, 4)
-    steps = 800
-    optim = torch.optim.AdamW(head.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
-    for _ in range(steps):
-        loss = head.loss(cond.expand(64, -1, -1), actions.expand(64, -1, -1))
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        schedule.step()
+    cond, actions = fit_one_chunk(head, n_obs=1, steps=800, lr=3e-3, batch=64)
     samples, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
     assert ((samples[0] - actions) ** 2).mean() < 0.01
 

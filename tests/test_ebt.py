@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fit_one_chunk
 from robopolicy.errors import ConfigError
 from robopolicy.heads.ebt import EBTHead, EBTHeadConfig
 from robopolicy.models.energy import EnergyTransformer
@@ -178,18 +179,7 @@ def test_energy_drops_and_the_last_iterate_beats_the_first_check25():
     and the 2-step result is closer to the demonstration than the 1-step one."""
     torch.manual_seed(0)
     head = EBTHead(2, 8, 2, 4, EBTHeadConfig(n_layer=1, obs_layers=1, n_head=2, n_emb=32))
-    actions = torch.tanh(torch.randn(1, 8, 2).cumsum(1) * 0.4)
-    cond = torch.randn(1, 2, 4)
-    steps = 200
-    optim = torch.optim.AdamW(head.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
-    for _ in range(steps):
-        loss = head.loss(cond.expand(16, -1, -1), actions.expand(16, -1, -1))
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        optim.step()
-        schedule.step()
+    cond, actions = fit_one_chunk(head, n_obs=2, steps=200, lr=3e-3, batch=16, clip=1.0)
     samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
     first, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0), steps=1)
     assert ((samples[0] - actions) ** 2).mean() < ((first[0] - actions) ** 2).mean()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fit_one_chunk
 from robopolicy.config import load_config
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
@@ -133,17 +134,7 @@ def test_overfits_a_single_demo():
     torch.manual_seed(0)
     head = PTPHead(2, 8, 3, 4, PTPHeadConfig(n_layer=2, n_head=2, n_emb=32, p_drop_attn=0.0, sampler="ddim",
                                              inference_steps=10))
-    actions = torch.tanh(torch.randn(1, 8, 2).cumsum(1) * 0.4)
-    cond = torch.randn(1, 3, 4)
-    steps = 800
-    optim = torch.optim.AdamW(head.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, steps)
-    for _ in range(steps):
-        loss = head.loss(cond.expand(64, -1, -1), actions.expand(64, -1, -1))
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        schedule.step()
+    cond, actions = fit_one_chunk(head, n_obs=3, steps=800, lr=3e-3, batch=64)
     samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
     assert ((samples[0] - actions) ** 2).mean() < 0.01
     assert ((info["past"][0] - actions[:, :2]) ** 2).mean() < 0.01  # the past is learned too
