@@ -92,6 +92,17 @@ class Policy(nn.Module):
     def loss(self, batch: dict) -> torch.Tensor:
         return self(batch)
 
+    def normalized_obs(self, frames: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Raw observations of the encoder's keys -> normalized tensors on the policy's device, shapes kept."""
+        device = next(self.parameters()).device
+        out = {}
+        for key in self.obs_keys:
+            x = np.asarray(frames[key])
+            if key in self.normalizer.scale:
+                x = self.normalizer.normalize(key, x)
+            out[key] = torch.as_tensor(np.ascontiguousarray(x), device=device)
+        return out
+
     @torch.no_grad()
     def act(self, obs_window: dict[str, np.ndarray], executed_actions: np.ndarray | None = None, k: int = 1,
             generator: torch.Generator | None = None, t0: int = 0) -> ActionChunk:
@@ -101,12 +112,7 @@ class Policy(nn.Module):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        obs = {}
-        for key in self.obs_keys:
-            x = np.asarray(obs_window[key])
-            if key in self.normalizer.scale:
-                x = self.normalizer.normalize(key, x)
-            obs[key] = torch.as_tensor(x, device=device)[None]
+        obs = {k: v[None] for k, v in self.normalized_obs(obs_window).items()}
         if self.cfg.data.past_act:
             if executed_actions is None or np.shape(executed_actions) != (self.cfg.data.n_obs, self.action_dim):
                 raise ConfigError(f"this policy takes executed past actions as input: pass executed_actions of shape "

@@ -69,13 +69,7 @@ def cache_info(cache: DemoStore) -> CacheInfo:
 @torch.no_grad()
 def embed_frames(policy, frames: dict[str, np.ndarray]) -> np.ndarray:
     """(N, ...) raw frames of the policy's observation keys -> (N, D) float32 embeddings."""
-    device = next(policy.parameters()).device
-    obs = {}
-    for key in policy.obs_keys:
-        x = frames[key]
-        if key in policy.normalizer.scale:
-            x = policy.normalizer.normalize(key, x)
-        obs[key] = torch.as_tensor(np.ascontiguousarray(x), device=device)[:, None]  # one frame per window
+    obs = {k: v[:, None] for k, v in policy.normalized_obs(frames).items()}  # one frame per window
     return policy.encoder(obs)[:, 0].float().cpu().numpy()
 
 
