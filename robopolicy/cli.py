@@ -104,6 +104,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from robopolicy.bench.data import run_data_bench
 
         run_data_bench(store=args.store, quick=args.quick, workers=args.workers, seconds=args.seconds)
+    elif args.what == "history":
+        from robopolicy.bench.history import run_history_bench
+
+        run_history_bench(task=args.task, episodes=args.episodes, seeds=args.seeds, config=args.config,
+                          out=args.out, quick=args.quick, overrides=tuple(args.overrides))
     else:
         from robopolicy.bench.train import run_train_bench
 
@@ -213,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calls", type=int, default=15, help="sampling calls per latency (default: %(default)s)")
     q.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
     q.add_argument("--quick", action="store_true", help="tiny store and short runs (a smoke test)")
+    q.add_argument("overrides", nargs="*", help="dotted config overrides, key.sub=value")
+    q.set_defaults(func=cmd_bench)
+    q = what.add_parser("history", help="success of one head at To=16 vs To=2 on a history-dependent task",
+                        description="Collects a state store of a memory task, trains the config at To=16 and at "
+                                    "To=2 on it, evaluates both on the same seeds and prints success with Wilson "
+                                    "95%% intervals, split by the task's hidden variable. Tens of minutes on a CPU; "
+                                    "rerun with the same --out to resume.")
+    q.add_argument("--task", default="cue-reach", help="memory task (default: %(default)s)")
+    q.add_argument("--episodes", type=int, default=50, help="demonstrations (default: %(default)s)")
+    q.add_argument("--seeds", type=int, default=50, help="evaluation seeds per variant (default: %(default)s)")
+    q.add_argument("--config", default="ptp", help="config trained at both contexts (default: %(default)s)")
+    q.add_argument("--out", help="run folder: store, policies, resume (default: a new temp folder)")
+    q.add_argument("--quick", action="store_true", help="4 demos, 20 steps, 4 seeds (a smoke test)")
     q.add_argument("overrides", nargs="*", help="dotted config overrides, key.sub=value")
     q.set_defaults(func=cmd_bench)
     return parser

@@ -105,10 +105,14 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act(self, obs_window: dict[str, np.ndarray], executed_actions: np.ndarray | None = None, k: int = 1,
-            generator: torch.Generator | None = None, t0: int = 0) -> ActionChunk:
+            generator: torch.Generator | None = None, t0: int = 0,
+            past_actions: np.ndarray | None = None) -> ActionChunk:
         """``obs_window[key]``: (To, ...) raw observations, oldest first. ``executed_actions`` (To, Da): the
         action executed just before each of those frames (needed when ``data.past_act``). Returns the Ta
-        actions from now."""
+        actions from now, of the best of ``k`` candidates: the lowest score a head gives (EBT: final
+        energy), or with ``past_actions`` (To-1, Da), the actions executed at the first To-1 frames'
+        timestamps, and a head that predicts its past (PTP), the one whose predicted past is closest to
+        them (MSE in normalized action space: self-verification, algorithms.md §1.5). Else the first."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -122,12 +126,24 @@ class Policy(nn.Module):
             obs[PAST_ACT] = torch.as_tensor(past, device=device)[None]
         candidates, info = self.head.sample(self.condition(obs), k=k, generator=generator)
         scores = info.get("scores")  # lower is better (EBT: final energy); without scores, the first candidate
+        if past_actions is not None and "past" in info:
+            scores = self._verify(info["past"], past_actions)
         best = int(scores[0].argmin()) if scores is not None else 0
         chunk = self.normalizer.unnormalize(self.cfg.data.action_key, candidates[0, best].float().cpu().numpy())
         start = self.cfg.data.n_obs - 1
         self.train(was_training)
         return ActionChunk(chunk[start: start + self.cfg.data.n_action_steps], t0,
                            None if scores is None else scores[0].float().cpu().numpy())
+
+    def _verify(self, predicted_past: torch.Tensor, past_actions: np.ndarray) -> torch.Tensor:
+        """(1, K) MSE between each candidate's predicted past and the executed past, normalized actions."""
+        want = (self.cfg.data.n_obs - 1, self.action_dim)
+        if np.shape(past_actions) != want:
+            raise ConfigError(f"past_actions must be the {want[0]} actions executed at the past frames' timestamps, "
+                              f"shape {want}; got {np.shape(past_actions)}")
+        executed = self.normalizer.normalize(self.cfg.data.action_key, np.asarray(past_actions, np.float32))
+        executed = torch.as_tensor(executed, device=predicted_past.device, dtype=predicted_past.dtype)
+        return ((predicted_past - executed) ** 2).mean(dim=(-1, -2))
 
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:

@@ -3,7 +3,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 VERBS = [[], ["quickstart"], ["tasks"], ["collect"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"],
-         ["bench"], ["bench", "data"], ["bench", "train"], ["train"], ["cache"]]
+         ["bench"], ["bench", "data"], ["bench", "train"], ["bench", "history"], ["train"], ["cache"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "robopolicy")
@@ -40,5 +40,19 @@ def test_bench_train_runs_and_prints_ratios():
     result = run_cli("bench", "train", "--quick")
     assert result.returncode == 0, result.stderr
     for words in ("end to end on images", "on cached embeddings", "cached / images", "DDIM-10", "DDPM-100",
-                  "PTP", "EBT-2", "DDPM-100 / DDIM-10", "DDPM-100 / EBT-2", "DDIM-10 / EBT-2"):
+                  "PTP", "EBT-2", "DDPM-100 / DDIM-10", "DDPM-100 / EBT-2", "DDIM-10 / EBT-2", "net calls"):
         assert words in result.stdout
+    calls = {line.split()[0]: int(line.split()[-1]) for line in result.stdout.splitlines()
+             if line.strip().startswith(("DDIM-10 ", "DDPM-100 ", "PTP ", "EBT-2 ")) and "/" not in line}
+    assert calls == {"DDIM-10": 10, "DDPM-100": 100, "PTP": 10, "EBT-2": 2}  # check 26
+
+
+def test_bench_history_trains_both_contexts_evaluates_and_resumes(tmp_path):
+    result = run_cli("bench", "history", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for words in ("cue-reach, 4 demos", "To=16", "To=16 K=8", "To=2", "[Wilson 95%]", "hidden=0", "To=16 - To=2:"):
+        assert words in result.stdout
+    assert (tmp_path / "to16" / "done.json").exists() and (tmp_path / "to2" / "done.json").exists()
+    again = run_cli("bench", "history", "--quick", "--out", str(tmp_path))  # reuses store and policies
+    assert again.returncode == 0 and "this run:" not in again.stdout + again.stderr
+    assert again.stdout.split("run folder")[1] == result.stdout.split("run folder")[1]  # same seeds, same table

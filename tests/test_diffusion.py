@@ -108,22 +108,3 @@ def test_overfits_a_single_demo():
     cond, actions = fit_one_chunk(head, n_obs=1, steps=800, lr=3e-3, batch=64)
     samples, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
     assert ((samples[0] - actions) ** 2).mean() < 0.01
-
-
-@pytest.mark.slow
-def test_shipped_state_config_reaches_80_percent_on_reach(tmp_path):
-    """Acceptance: `robopolicy train --config diffusion` on 50 expert demos of reach (CPU, ~6 minutes),
-    then 20 evaluation seeds in a minimal rollout loop: success >= 0.8."""
-    from robopolicy import envs
-    from robopolicy.collect import collect
-    from robopolicy.config import load_config
-    from robopolicy.eval.rollout import success_rate
-    from robopolicy.policy import Policy
-    from robopolicy.train.trainer import train
-
-    store, _, _ = collect("reach", 50, tmp_path / "reach.zarr", progress=False)
-    store.close()
-    policy = Policy.load(train(load_config("diffusion"), tmp_path / "reach.zarr", tmp_path / "run", progress=False))
-    rate = success_rate(policy, "reach", envs.eval_seeds(20))
-    print(f"reach, shipped diffusion config, 50 demos: success {rate:.2f} over 20 evaluation seeds")
-    assert rate >= 0.8

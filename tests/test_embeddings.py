@@ -160,3 +160,41 @@ def test_cache_and_train_on_it_from_the_command_line(stage1, tmp_path):
     assert Policy.load(tmp_path / "run/policy").cfg.policy.freeze_encoder
     r = run_cli("train", "--config", "diffusion", "--out", str(tmp_path / "run3"), "--quiet")
     assert r.returncode == 2 and "pass --store" in r.stderr
+
+
+TINY_ENCODER = ["policy.encoder.trunk=small_cnn", "policy.encoder.crop=20", "policy.encoder.feature_dim=8",
+                "policy.encoder.keypoints=4"]
+TINY_HEADS = {"ptp": ["policy.ptp.n_layer=1", "policy.ptp.n_head=2", "policy.ptp.n_emb=16"],
+              "ebt": ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_head=2", "policy.ebt.n_emb=16"]}
+SHORT = ["data.batch_size=16", "train.steps=4", "train.log_every=2", "train.checkpoint_every=4",
+         "train.optim.warmup_steps=1"]
+
+
+@pytest.mark.parametrize("head, stage1_config, stage2_config, stage2_context",
+                         [("ptp", "ptp_stage1", "ptp_stage2", ["data.n_obs=4", "data.stride=2", "data.horizon=12"]),
+                          ("ebt", "ebt_image", "ebt", [])])
+def test_ptp_and_ebt_train_on_images_end_to_end_then_on_their_cache(stage1, tmp_path, head, stage1_config,
+                                                                      stage2_config, stage2_context):
+    """The staged recipe for the other heads, through the same trainer and cache: images end to end (the
+    encoder learns), `cache`, the head alone on embeddings (the encoder frozen), then acting on raw frames."""
+    run1 = train(load_config(stage1_config, TINY_ENCODER + TINY_HEADS[head] + SHORT), stage1 / "demos.zarr",
+                 tmp_path / "stage1", progress=False)
+    first = Policy.load(run1)
+    torch.manual_seed(first.cfg.train.seed)
+    fresh = Policy(first.cfg, first.schema, first.normalizer)  # the weights stage 1 started from
+    assert any(not torch.equal(a, b) for a, b in zip(first.encoder.state_dict().values(),
+                                                      fresh.encoder.state_dict().values()))  # the encoder trained
+    cache_path = embeddings.write_cache(run1, stage1 / "demos.zarr", tmp_path / "c.zarr", progress=False)
+    run2 = train(load_config(stage2_config, TINY_HEADS[head] + SHORT + stage2_context), None, tmp_path / "stage2",
+                 progress=False, embeddings=cache_path)
+    policy = Policy.load(run2)
+    assert policy.cfg.policy.head == head and policy.cfg.policy.freeze_encoder
+    for k, v in first.encoder.state_dict().items():
+        assert torch.equal(policy.encoder.state_dict()[k], v), k
+    n_obs = policy.cfg.data.n_obs
+    rng = np.random.default_rng(2)
+    window = {"cam_image": rng.integers(0, 255, (n_obs, IMAGE, IMAGE, 3), dtype=np.uint8),
+              "state": rng.normal(size=(n_obs, 5)).astype(np.float32)}
+    chunk = policy.act(window, k=3, generator=torch.Generator().manual_seed(0))
+    assert chunk.actions.shape == (policy.cfg.data.n_action_steps, 3) and np.all(np.isfinite(chunk.actions))
+    assert chunk.scores is None or len(chunk.scores) == 3

@@ -138,3 +138,78 @@ def test_overfits_a_single_demo():
     samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
     assert ((samples[0] - actions) ** 2).mean() < 0.01
     assert ((info["past"][0] - actions[:, :2]) ** 2).mean() < 0.01  # the past is learned too
+
+
+def _small_ptp_policy(n_obs=4, stride=3):
+    schema = {"state": Field((4,), np.dtype(np.float32)), "action": Field((DA,), np.dtype(np.float32))}
+    norm = Normalizer({"state": np.ones(4), "action": np.full(DA, 2.0)}, {"state": np.zeros(4), "action": np.ones(DA)})
+    torch.manual_seed(0)
+    return Policy(load_config("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=16", "policy.ptp.n_head=2",
+                                      f"data.n_obs={n_obs}", f"data.stride={stride}", "data.horizon=12"]), schema, norm)
+
+
+def test_check11_self_verification_picks_the_candidate_whose_past_matches_the_executed_one():
+    policy = _small_ptp_policy()
+    window = {"state": np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)}
+    executed = np.random.default_rng(1).uniform(-1, 3, (3, DA)).astype(np.float32)  # env action space
+    chunk = policy.act(window, k=6, generator=torch.Generator().manual_seed(5), past_actions=executed)
+    # the same call by hand: 6 candidates, independent noise, scored in normalized action space
+    with torch.no_grad():
+        cond = policy.eval().condition({k: v[None] for k, v in policy.normalized_obs(window).items()})
+    candidates, info = policy.head.sample(cond, k=6, generator=torch.Generator().manual_seed(5))
+    normalized = torch.as_tensor(policy.normalizer.normalize("action", executed))
+    scores = ((info["past"][0] - normalized) ** 2).mean(dim=(1, 2))
+    assert np.allclose(chunk.scores, scores.numpy(), atol=1e-6) and len(set(scores.tolist())) == 6
+    best = int(scores.argmin())
+    expected = policy.normalizer.unnormalize("action", candidates[0, best].numpy())[3:11]  # [To-1 : To-1+Ta]
+    assert np.allclose(chunk.actions, expected, atol=1e-5)
+    if best != 0:  # without the executed past there is no verification: the first candidate
+        plain = policy.act(window, k=6, generator=torch.Generator().manual_seed(5))
+        assert not np.allclose(plain.actions, chunk.actions)
+    # N=1 reproduces the baseline exactly, same seed
+    one = policy.act(window, k=1, generator=torch.Generator().manual_seed(5), past_actions=executed)
+    base = policy.act(window, k=1, generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(one.actions, base.actions)
+    with pytest.raises(ConfigError, match="past_actions must be"):
+        policy.act(window, k=2, past_actions=executed[:2])
+
+
+def test_check12_verification_compares_with_actions_at_the_subsampled_timestamps():
+    from robopolicy.eval.rollout import executed_at_past_frames
+
+    executed = [np.full(DA, t, np.float32) for t in range(20)]  # the action executed at step t is t
+    # window ending at step 19, To=4, stride 3: frames 10, 13, 16, 19; past tokens are the actions at 10, 13, 16
+    past = executed_at_past_frames(executed, last=19, n_obs=4, stride=3)
+    assert past[:, 0].tolist() == [10, 13, 16]  # not the dense most recent 16, 17, 18
+    assert executed_at_past_frames(executed[:8], last=8, n_obs=4, stride=3) is None  # first frame padded: off
+    assert executed_at_past_frames(executed[:9], last=9, n_obs=4, stride=3)[:, 0].tolist() == [0, 3, 6]
+    assert executed_at_past_frames(executed, last=19, n_obs=1, stride=3) is None
+
+
+def test_rollout_with_candidates_verifies_once_the_history_is_full(monkeypatch):
+    """In a real rollout (cue-reach), a K=3 PTP policy is called without past actions until the history
+    reaches back To-1 strides, then with the executed actions at the subsampled timestamps."""
+    from robopolicy import envs
+    from robopolicy.eval.rollout import rollout
+
+    env = envs.make("cue-reach", obs="state")
+    schema = {"state": Field((env.observation_space["state"].shape[0],), np.dtype(np.float32)),
+              "action": Field((4,), np.dtype(np.float32))}
+    norm = Normalizer({"state": np.ones(schema["state"].shape[0]), "action": np.ones(4)},
+                      {"state": np.zeros(schema["state"].shape[0]), "action": np.zeros(4)})
+    torch.manual_seed(0)
+    policy = Policy(load_config("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=16", "policy.ptp.n_head=2",
+                                       "data.n_obs=3", "data.stride=4", "data.horizon=12"]), schema, norm)
+    calls, real_act = [], Policy.act
+
+    def recording_act(self, window, executed_actions=None, k=1, generator=None, t0=0, past_actions=None):
+        calls.append((t0, k, None if past_actions is None else past_actions.copy()))
+        return real_act(self, window, executed_actions, k, generator, t0, past_actions)
+
+    monkeypatch.setattr(Policy, "act", recording_act)
+    try:
+        rollout(policy, env, seed=0, generator=torch.Generator().manual_seed(0), k=3)
+    finally:
+        env.close()
+    assert calls[0] == (0, 3, None) and calls[1][0] == 8 and calls[1][2] is not None  # t=8 >= (3-1)*4
+    assert all(k == 3 for _, k, _ in calls) and all(p.shape == (2, 4) for _, _, p in calls[1:])

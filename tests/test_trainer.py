@@ -95,3 +95,20 @@ def test_torch_compile_trains(store, tmp_path):
     assert counters["stats"]["unique_graphs"] >= 1  # something was compiled
     assert all(np.isfinite(r["loss"]) for r in _log(tmp_path / "c"))
     Policy.load(tmp_path / "c/policy")
+
+
+def test_ddp_trains_the_ebt_head_through_its_second_order_gradients(store, tmp_path):
+    """EBT's loss backpropagates through dE/da (create_graph inside the forward): DDP must average those
+    gradients too, so both processes end with equal weights (the trainer checks) and the run loads."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "robopolicy.cli", "train", "--config", "ebt", "--store", str(store), "--out",
+           str(tmp_path / "ddp"), "--quiet", "train.steps=4", "data.batch_size=16", "train.log_every=2",
+           "train.checkpoint_every=4", "data.val_fraction=0", "policy.ebt.n_layer=1", "policy.ebt.obs_layers=1",
+           "policy.ebt.n_emb=16", "policy.ebt.n_head=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp/train_state.pt", weights_only=True)
+    assert state["step"] == 4
+    policy = Policy.load(tmp_path / "ddp/policy")
+    assert policy.cfg.policy.head == "ebt"

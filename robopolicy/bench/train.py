@@ -9,7 +9,8 @@ Two tables from one run, on one synthetic store (96x96 images + state), on this 
 2. Per head, on state with its shipped config (diffusion with DDIM-10 and with DDPM-100, PTP at
    To=16, EBT with 2 steps): training samples/s, and chunk latency at batch 1 for K=1 and K=8
    candidates in one call (encoder + sampling, median of repeated calls), with the ratios
-   DDPM-100 / DDIM-10, DDPM-100 / EBT-2 and DDIM-10 / EBT-2.
+   DDPM-100 / DDIM-10, DDPM-100 / EBT-2 and DDIM-10 / EBT-2, and the network evaluations per chunk
+   (algorithms.md check 26: 2 energy passes, each with a backward, vs 10 or 100 denoiser passes).
 """
 from __future__ import annotations
 
@@ -90,6 +91,23 @@ def _latency_ms(policy: Policy, k: int, device: torch.device, calls: int) -> flo
     return statistics.median(times)
 
 
+def _net_calls(policy: Policy, k: int) -> int:
+    """Network evaluations per chunk (check 26): the most forward calls any one submodule of the head gets
+    in one ``sample`` (the denoiser's steps; EBT's energy net, each with a backward for dE/da)."""
+    counts = {name: 0 for name, _ in policy.head.named_children()}
+    hooks = [m.register_forward_hook(lambda *_, n=name: counts.__setitem__(n, counts[n] + 1))
+             for name, m in policy.head.named_children()]
+    try:
+        obs = {"state": torch.randn(1, policy.cfg.data.n_obs, *policy.schema["state"].shape,
+                                    device=next(policy.parameters()).device)}
+        with torch.no_grad():
+            policy.head.sample(policy.encoder(obs), k=k)
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(counts.values())
+
+
 def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: float = 6.0, calls: int = 15,
                     device: str = "auto", quick: bool = False, overrides: tuple[str, ...] = ()) -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -135,7 +153,7 @@ def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: f
                 spec = WindowSpec(head_cfg.data.n_obs, head_cfg.data.horizon, head_cfg.data.stride)
                 windows = InMemoryWindows(store, WindowGather(spec, p.obs_keys, "action", normalizer))
                 row = {"train": _train_rate(p, windows, results["head_batch"], dev, seconds / 2, bf16),
-                       "latency": {k: _latency_ms(p, k, dev, calls) for k in (1, 8)}}
+                       "latency": {k: _latency_ms(p, k, dev, calls) for k in (1, 8)}, "net_calls": _net_calls(p, 1)}
                 results["heads"][label] = row
                 print(f"  {label}: {row['train']:.0f} samples/s training; {row['latency'][1]:.1f} ms (K=1), "
                       f"{row['latency'][8]:.1f} ms (K=8)", flush=True)
@@ -152,10 +170,12 @@ def _print_tables(r: dict, config: str) -> None:
     print(f"\nper head on state, shipped configs (DDIM-10 / DDPM-100: diffusion; PTP: ptp, To=16, DDIM-10; EBT-2: ebt, "
           f"2 steps): training samples/s at batch {r['head_batch']}; chunk latency at batch 1 (encoder + "
           "sampling), ms, median of calls")
-    print(f"  {'head':<10} {'train samples/s':>16} {'K=1 ms':>8} {'K=8 ms':>8} {'K=8/K=1':>8}")
+    print(f"  {'head':<10} {'train samples/s':>16} {'K=1 ms':>8} {'K=8 ms':>8} {'K=8/K=1':>8} {'net calls':>10}")
     for label, row in r["heads"].items():
         lat = row["latency"]
-        print(f"  {label:<10} {row['train']:>16.0f} {lat[1]:>8.1f} {lat[8]:>8.1f} {lat[8] / lat[1]:>7.1f}x")
+        print(f"  {label:<10} {row['train']:>16.0f} {lat[1]:>8.1f} {lat[8]:>8.1f} {lat[8] / lat[1]:>7.1f}x "
+              f"{row['net_calls']:>10}")
+    print("  (net calls: network evaluations per chunk; EBT's each add a backward pass for dE/da)")
     lat = {label: row["latency"] for label, row in r["heads"].items()}
     for slow, fast in (("DDPM-100", "DDIM-10"), ("DDPM-100", "EBT-2"), ("DDIM-10", "EBT-2")):
         if slow in lat and fast in lat:
