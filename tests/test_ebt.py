@@ -193,7 +193,7 @@ def test_energy_drops_and_the_last_iterate_beats_the_first_check25():
 @pytest.mark.slow
 def test_overfits_a_single_demo():
     """Acceptance (90 s): one demonstration chunk learned to normalized MSE <= 0.01 by what the policy
-    executes with K=16 two-step candidates (the lowest final energy), and by every candidate given 4 steps.
+    executes with K=16 two-step candidates (the lowest final energy), and by 16 candidates given 4 steps (mean).
     The mean two-step candidate of this tiny head stays near 0.01-0.02 (measured; see the issue notes)."""
     torch.manual_seed(0)
     head = EBTHead(2, 8, 2, 4, EBTHeadConfig(n_layer=1, obs_layers=1, n_head=2, n_emb=32))
