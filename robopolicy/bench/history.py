@@ -103,8 +103,10 @@ def run_history_bench(task: str = "cue-reach", episodes: int = 50, seeds: int = 
     long, short = results["variants"][0], results["variants"][-1]
     diff = long["successes"] / long["trials"] - short["successes"] / short["trials"]
     overlap = long["interval"][0] <= short["interval"][1]
-    print(f"To=16 - To=2: {diff:+.2f} ({'intervals overlap' if overlap else 'intervals disjoint'}); "
-          f"hidden = {getattr(envs.TASKS[task].factory, 'hidden_name', 'none')}")
+    factory = envs.TASKS[task].factory
+    hidden = (f"hidden = seed % 2 = {factory.hidden_name}" if getattr(factory, "hidden_per_seed", False)
+              and getattr(factory, "hidden_name", "") else "seed % 2 carries no hidden variable in this task")
+    print(f"To=16 - To=2: {diff:+.2f} ({'intervals overlap' if overlap else 'intervals disjoint'}); {hidden}")
     return results
 
 
