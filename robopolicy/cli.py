@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_bench)
     q = what.add_parser("history", help="success of one head at To=16 vs To=2 on a history-dependent task",
                         description="Collects a state store of a memory task, trains the config at To=16 and at "
-                                    "To=2 on it, evaluates both on the same seeds and prints success with Wilson "
+                                    "To=2 on it, evaluates both on the same seeds (and the To=16 policy with K=8 "
+                                    "self-verified candidates) and prints success with Wilson "
                                     "95%% intervals, split by the task's hidden variable. Tens of minutes on a CPU; "
                                     "rerun with the same --out to resume.")
     q.add_argument("--task", default="cue-reach", help="memory task (default: %(default)s)")

@@ -124,10 +124,11 @@ class Policy(nn.Module):
                                   f"{None if executed_actions is None else np.shape(executed_actions)}")
             past = self.normalizer.normalize(self.cfg.data.action_key, np.asarray(executed_actions, np.float32))
             obs[PAST_ACT] = torch.as_tensor(past, device=device)[None]
+        executed = None if past_actions is None else self._executed_past(past_actions)  # checked before sampling
         candidates, info = self.head.sample(self.condition(obs), k=k, generator=generator)
         scores = info.get("scores")  # lower is better (EBT: final energy); without scores, the first candidate
-        if past_actions is not None and "past" in info:
-            scores = self._verify(info["past"], past_actions)
+        if executed is not None and "past" in info:  # self-verification: predicted past vs executed, normalized
+            scores = ((info["past"] - executed.to(info["past"].dtype)) ** 2).mean(dim=(-1, -2))
         best = int(scores[0].argmin()) if scores is not None else 0
         chunk = self.normalizer.unnormalize(self.cfg.data.action_key, candidates[0, best].float().cpu().numpy())
         start = self.cfg.data.n_obs - 1
@@ -135,15 +136,14 @@ class Policy(nn.Module):
         return ActionChunk(chunk[start: start + self.cfg.data.n_action_steps], t0,
                            None if scores is None else scores[0].float().cpu().numpy())
 
-    def _verify(self, predicted_past: torch.Tensor, past_actions: np.ndarray) -> torch.Tensor:
-        """(1, K) MSE between each candidate's predicted past and the executed past, normalized actions."""
+    def _executed_past(self, past_actions: np.ndarray) -> torch.Tensor:
+        """The executed past (To-1, Da), checked and normalized, on the policy's device."""
         want = (self.cfg.data.n_obs - 1, self.action_dim)
         if np.shape(past_actions) != want:
             raise ConfigError(f"past_actions must be the {want[0]} actions executed at the past frames' timestamps, "
                               f"shape {want}; got {np.shape(past_actions)}")
         executed = self.normalizer.normalize(self.cfg.data.action_key, np.asarray(past_actions, np.float32))
-        executed = torch.as_tensor(executed, device=predicted_past.device, dtype=predicted_past.dtype)
-        return ((predicted_past - executed) ** 2).mean(dim=(-1, -2))
+        return torch.as_tensor(executed, device=next(self.parameters()).device)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:

@@ -44,7 +44,7 @@ def _store(task: str, episodes: int, path: Path):
 
 
 def _train(config: str, overrides: list[str], store: Path, run: Path) -> float:
-    """Train unless ``run`` holds a finished policy; returns the training seconds (0 when reused)."""
+    """Train unless ``run`` holds a finished policy; returns the training seconds (as recorded when reused)."""
     from robopolicy.config import load_config
     from robopolicy.train.trainer import train
 
@@ -76,12 +76,12 @@ def run_history_bench(task: str = "cue-reach", episodes: int = 50, seeds: int = 
     _store(task, episodes, store)
 
     results = {"task": task, "episodes": episodes, "seeds": seeds, "config": config, "variants": []}
+    seed_list = list(envs.eval_seeds(seeds))
     for label, folder, extra, k in VARIANTS:
         print(f"\n== {label}: {config} {' '.join(extra)}", flush=True)
         run_overrides = list(overrides) + extra + (QUICK if quick else [])
         seconds = _train(config, run_overrides, store, out / folder)
         policy = Policy.load(out / folder / "policy")
-        seed_list = list(envs.eval_seeds(seeds))
         won = rollouts(policy, task, seed_list, progress=True, k=k)
         by_hidden = [[w for s, w in zip(seed_list, won) if s % 2 == h] for h in (0, 1)]
         d = policy.cfg.data

@@ -75,10 +75,16 @@ def _train_rate(policy: Policy, windows: InMemoryWindows, batch: int, device: to
     return _median_rate(step, seconds, batch)
 
 
+def _state_window(policy: Policy) -> dict[str, torch.Tensor]:
+    """One random (normalized) state observation window, batch 1, on the policy's device."""
+    device = next(policy.parameters()).device
+    return {"state": torch.randn(1, policy.cfg.data.n_obs, *policy.schema["state"].shape, device=device)}
+
+
 def _latency_ms(policy: Policy, k: int, device: torch.device, calls: int) -> float:
     """Encoder + sampling of K candidates for one observation window, ms, median of ``calls``."""
     policy.eval()
-    obs = {"state": torch.randn(1, policy.cfg.data.n_obs, *policy.schema["state"].shape, device=device)}
+    obs = _state_window(policy)
     generator = torch.Generator(device=device).manual_seed(0)
     times = []
     for i in range(calls + 2):
@@ -98,10 +104,8 @@ def _net_calls(policy: Policy, k: int) -> int:
     hooks = [m.register_forward_hook(lambda *_, n=name: counts.__setitem__(n, counts[n] + 1))
              for name, m in policy.head.named_children()]
     try:
-        obs = {"state": torch.randn(1, policy.cfg.data.n_obs, *policy.schema["state"].shape,
-                                    device=next(policy.parameters()).device)}
         with torch.no_grad():
-            policy.head.sample(policy.encoder(obs), k=k)
+            policy.head.sample(policy.encoder(_state_window(policy)), k=k)
     finally:
         for h in hooks:
             h.remove()
