@@ -26,10 +26,12 @@ from robopolicy.envs.tasks import (  # noqa: E402
                                    make,
                                    make_from_spec,
                                    register,
+                                   task_card,
                                    worker_seeds,
 )
 
 register()
 
 __all__ = ["CONTEXT_STRIDE", "EVAL_SEED_START", "TASKS", "Task", "collection_seeds", "env_spec", "eval_seeds", "get",
-           "make", "make_from_spec", "register", "worker_seeds"]
+           "make", "make_from_spec", "register", "task_card",
+           "worker_seeds"]

@@ -29,6 +29,8 @@ class LiftTask(gym.Env):
     max_episode_steps = 150
     state_dim = 3 + 4 + 2 + 10
     action_dim = 7  # OSC_POSE deltas (6) + gripper
+    action_semantics = ("ee_delta_x", "ee_delta_y", "ee_delta_z", "ee_delta_roll", "ee_delta_pitch", "ee_delta_yaw",
+                        "gripper")  # OSC_POSE, each in [-1, 1] (scaled to 0.05 m / 0.5 rad); gripper 1 closes
     default_camera = "agentview"
     control_hz = 20.0  # robomimic's Lift; a spec's control_freq overrides it
 

@@ -29,6 +29,8 @@ class SawyerTask(gym.Env):
     max_episode_steps: int = 500
     state_dim: int = 39
     action_dim: int = 4  # end-effector delta xyz + gripper
+    # what each action dimension drives (a checkpoint carries it: a server tells a robot what it commands)
+    action_semantics: tuple[str, ...] = ("ee_delta_x", "ee_delta_y", "ee_delta_z", "gripper")  # each in [-1, 1]
     default_camera: str = "corner2"
     control_hz: float = 80.0  # Meta-World: frame_skip 5 x 2.5 ms
 

@@ -98,6 +98,23 @@ def make_from_spec(spec: dict) -> gym.Env:
     return make(spec["task"], obs=spec["obs"], **kwargs)
 
 
+def task_card(spec: dict | None, fps: float | None = None) -> dict | None:
+    """What a checkpoint carries about where it was trained: the env spec of its store, the control rate
+    and what each action dimension means. None when the store names no env (a user's own data)."""
+    if not spec:
+        return None
+    if spec.get("type") == "robomimic":
+        factory, name = LiftTask, spec.get("env_args", {}).get("env_name")
+        hz = spec.get("env_args", {}).get("env_kwargs", {}).get("control_freq", factory.control_hz)
+    elif spec.get("type") == "robopolicy" and spec.get("task") in TASKS:
+        factory, name = get(spec["task"]).factory, spec["task"]
+        hz = factory.control_hz
+    else:
+        return {"env_spec": dict(spec), "task": None, "control_hz": fps, "action_semantics": None}
+    return {"env_spec": dict(spec), "task": name, "control_hz": float(hz),
+            "action_semantics": list(factory.action_semantics)}
+
+
 def collection_seeds(start: int, count: int) -> range:
     if start < 0 or start + count > EVAL_SEED_START:
         raise ConfigError(f"collection seeds must lie in [0, {EVAL_SEED_START}) (evaluation seeds start there); "

@@ -1,63 +1,275 @@
-"""A minimal closed-loop rollout: a policy acting in a task, chunk by chunk (the eval suites build on it).
+"""The episode loop: policies acting in tasks, chunk by chunk, many episodes at once.
 
-The observation window is To frames ``stride`` steps apart, the first observation repeated until the
-history fills (as training windows pad); Ta actions of each chunk run before the next is sampled.
+One definition for every caller (a single rollout, ``robopolicy eval``'s workers, the history bench):
+each env slot runs one episode at a time; whenever the slots need their next chunks, the policy acts
+on all their windows in one batched call (``Policy.act`` gives each row what it would get alone), then
+every slot executes its chunk (Ta actions, or fewer if the episode ends). Each episode's sampling noise
+comes from a generator seeded by its seed, so an episode's result depends on its seed alone: not on
+the number of slots, their order, or which other episodes share a batch.
+
+Windows come from ``History`` (robopolicy/data/windows.py): the geometry training used. The previous
+chunk's plan is kept there too, so a verifier can score coherence with the actions still queued.
 """
 from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-
-def executed_at_past_frames(executed: list[np.ndarray], last: int, n_obs: int, stride: int) -> np.ndarray | None:
-    """The actions executed at the timestamps of the past frames of the window ending at step ``last``
-    (frames last - (n_obs-1)*stride, ..., last - stride), which a PTP policy's predicted past is verified
-    against; None while the history does not reach back to the first frame (no verification yet). With a
-    stride these are the actions at the subsampled timestamps, not the most recent ones (check 12)."""
-    first = last - (n_obs - 1) * stride
-    if n_obs < 2 or first < 0:
-        return None
-    return np.stack([executed[first + j * stride] for j in range(n_obs - 1)])
+from robopolicy.data.windows import History, WindowSpec
 
 
-def rollout(policy, env, seed: int, generator: torch.Generator | None = None, k: int = 1) -> bool:
-    """One episode; ``k`` > 1 samples k candidates per chunk and executes the policy's pick (its head's
-    scores, or self-verification against the executed past once the history is full)."""
-    cfg = policy.cfg.data
-    obs, _ = env.reset(seed=seed)
-    history, executed, queue, info = [obs], [], [], {"success": False}
-    # before the first action, a policy fed its executed actions sees the middle of the action range
-    neutral = policy.normalizer.unnormalize(cfg.action_key, np.zeros(policy.action_dim, np.float32))
-    while True:
-        if not queue:
-            last = len(history) - 1
-            frames = [max(last - (cfg.n_obs - 1 - j) * cfg.stride, 0) for j in range(cfg.n_obs)]
-            window = {key: np.stack([history[f][key] for f in frames]) for key in policy.obs_keys}
-            before = np.stack([executed[f - 1] if f >= 1 else neutral for f in frames])  # the action before each
-            past = executed_at_past_frames(executed, last, cfg.n_obs, cfg.stride) if k > 1 else None
-            queue = list(policy.act(window, before, k=k, generator=generator, t0=last, past_actions=past).actions)
-        action = queue.pop(0)
+@dataclass
+class Episode:
+    """One finished (or failed) episode, as ``robopolicy eval`` records it."""
+
+    seed: int
+    success: bool
+    length: int  # steps executed
+    actions_hash: str  # sha256 of the executed actions (float32, in order): equal runs, equal hashes
+    success_step: int | None = None  # the first step after which the task reported success
+    latency_ms: list[float] = field(default_factory=list)  # per chunk: the policy's share of one batched call
+    scores: list[list[float] | None] = field(default_factory=list)  # per chunk: the verifier's score per candidate
+    chosen: list[int] = field(default_factory=list)  # per chunk: the candidate executed
+    method: str | None = None  # what scored candidates ("score": the head's energy, "past", "coherence")
+    error: str | None = None  # the env's worker died (after one retry): counted as a failure
+    actions: np.ndarray | None = None  # (length, Da) the executed actions (kept for videos and stores)
+    observations: list[dict] | None = None  # the observation before each executed action (kept for stores)
+
+    def record(self) -> dict:
+        out = {k: v for k, v in vars(self).items() if k not in ("actions", "observations")}
+        out["latency_ms"] = [round(x, 3) for x in self.latency_ms]
+        return out
+
+
+def actions_hash(actions: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(actions, np.float32).tobytes()).hexdigest()[:16]
+
+
+class EnvJobs:
+    """Runs an env's jobs: ``("reset", seed)`` -> the first observation; ``("chunk", actions)`` ->
+    ChunkResult, cut at ``max_steps`` steps into the episode. Keeps the seconds spent in jobs and, where
+    the task renders through ``_render``, in rendering (what ``robopolicy bench eval`` splits)."""
+
+    def __init__(self, env, max_steps: int | None = None):
+        self.env, self.max_steps, self.steps = env, max_steps, 0
+        self.seconds = self.render_seconds = 0.0
+        render = getattr(env, "_render", None)
+        if render is not None:
+            def timed(*a, **kw):
+                t0 = time.perf_counter()
+                try:
+                    return render(*a, **kw)
+                finally:
+                    self.render_seconds += time.perf_counter() - t0
+            env._render = timed  # on this instance only: a meter, not a change of behaviour
+
+    def __call__(self, kind: str, payload):
+        t0 = time.perf_counter()
+        try:
+            if kind == "reset":
+                self.steps = 0
+                obs, _ = self.env.reset(seed=int(payload))
+                return obs
+            if self.max_steps is not None:
+                payload = payload[: max(self.max_steps - self.steps, 0)]
+            result = run_chunk(self.env, payload)
+            self.steps += len(result.observations)
+            result.ended = result.ended or (self.max_steps is not None and self.steps >= self.max_steps)
+            return result
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def run_chunk(env, actions: np.ndarray) -> ChunkResult:
+    observations, success_at, success = [], None, False
+    for i, action in enumerate(actions):
         obs, _, terminated, truncated, info = env.step(action)
-        history.append(obs)
-        executed.append(np.asarray(action, np.float32))
+        observations.append(obs)
+        success = bool(info.get("success", False))
+        if success and success_at is None:
+            success_at = i
         if terminated or truncated:
-            return bool(info["success"])
+            return ChunkResult(observations, True, success, success_at)
+    return ChunkResult(observations, False, success, success_at)
+
+
+class LocalEnv:
+    """An env slot in this process. A slot takes a job (``submit``: a reset or a chunk to execute) and
+    hands back its result (``result``); ``WorkerEnv`` (eval/workers.py) does the same in a worker
+    process, so slots step their envs in parallel between two batched policy calls."""
+
+    def __init__(self, env, max_steps: int | None = None):
+        self.jobs, self._job = EnvJobs(env, max_steps), None
+
+    def submit(self, kind: str, payload) -> None:
+        self._job = (kind, payload)
+
+    def result(self):
+        job, self._job = self._job, None
+        return self.jobs(*job)
+
+    @property
+    def timing(self) -> tuple[float, float]:
+        return self.jobs.seconds, self.jobs.render_seconds
+
+    def close(self) -> None:
+        self.jobs.env.close()
+
+
+@dataclass
+class ChunkResult:
+    observations: list[dict]  # after each executed action
+    ended: bool  # the episode terminated or hit its time limit
+    success: bool  # the task's success flag after the last step
+    success_at: int | None  # index of the first action after which the task reported success
+
+
+@dataclass
+class _Running:
+    history: History
+    generator: torch.Generator
+    episode: Episode
+
+
+class EnvDied(RuntimeError):
+    """A slot's env process died (a MuJoCo error, a segfault); the episode it ran did not finish."""
+
+
+def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
+                 on_episode: Callable[[Episode], None] | None = None, keep: bool = False,
+                 restart: Callable[[int], object] | None = None, retries: int = 1,
+                 execute: int | None = None) -> list[Episode]:
+    """Run one episode per seed on ``slots`` (LocalEnv or WorkerEnv), ``k`` candidates per chunk, ``execute``
+    actions of each chunk (default: the policy's Ta). Returns the episodes in the order they finished,
+    calling ``on_episode`` as each does; ``keep``: episodes keep their executed actions and observations
+    (``Episode.actions``, ``Episode.observations``). A slot whose env dies
+    (EnvDied) is replaced by ``restart(slot_index)`` and its episode rerun from the start, up to
+    ``retries`` times; then the episode counts as a failure with an error. Without ``restart`` the
+    error propagates."""
+    cfg = policy.cfg.data
+    spec = WindowSpec(cfg.n_obs, cfg.horizon, cfg.stride)
+    queue = [int(s) for s in seeds][::-1]  # pop() takes the next seed
+    tries: dict[int, int] = {}
+    running: list[_Running | None] = [None] * len(slots)
+    resetting: list[int | None] = [None] * len(slots)  # the seed a slot is resetting for
+    done: list[Episode] = []
+
+    def finish(episode: Episode) -> None:
+        done.append(episode)
+        if on_episode:
+            on_episode(episode)
+
+    def died(i: int, seed: int, error: EnvDied) -> None:
+        """Slot i's env died during ``seed``: a fresh env, and the episode again or counted as failed."""
+        if restart is None:
+            raise error
+        slots[i] = restart(i)
+        tries[seed] = tries.get(seed, 0) + 1
+        if tries[seed] > retries:
+            finish(Episode(seed, False, 0, "", error=f"{error} (retried {retries}x)"))
+        else:
+            queue.append(seed)
+
+    def lost(i: int, error: EnvDied) -> None:
+        seed = running[i].episode.seed if running[i] else resetting[i]
+        running[i] = resetting[i] = None
+        died(i, seed, error)
+
+    def submit(i: int, kind: str, payload) -> bool:
+        try:
+            slots[i].submit(kind, payload)
+            return True
+        except EnvDied as e:
+            lost(i, e)
+            return False
+
+    def collect(i: int):
+        try:
+            return slots[i].result()
+        except EnvDied as e:
+            lost(i, e)
+            return None
+
+    while queue or any(r is not None for r in running):
+        # idle slots start their next episodes (resets run in parallel too)
+        started = []
+        for i in range(len(slots)):
+            if running[i] is None and queue:
+                resetting[i] = queue.pop()
+                if submit(i, "reset", resetting[i]):
+                    started.append(i)
+        for i in started:
+            seed, obs = resetting[i], collect(i)
+            if obs is None:
+                continue
+            resetting[i] = None
+            history = History(spec, policy.action_dim)
+            history.start(obs)
+            running[i] = _Running(history, torch.Generator().manual_seed(seed), Episode(seed, False, 0, ""))
+        active = [i for i in range(len(slots)) if running[i] is not None]
+        if not active:
+            continue
+        windows = [running[i].history.window(policy.obs_keys) for i in active]
+        t0 = time.perf_counter()
+        chunks = policy.act(windows, k=k, generators=[running[i].generator for i in active])
+        share = (time.perf_counter() - t0) * 1000 / len(active)  # each row's share of the batched call
+        todo = {i: chunk.plan[:execute] if execute else chunk.actions for i, chunk in zip(active, chunks)}
+        for i, chunk in zip(active, chunks):
+            episode = running[i].episode
+            running[i].history.plan(chunk.plan, chunk.t)
+            episode.latency_ms.append(share)
+            episode.scores.append(None if chunk.scores is None else [float(x) for x in chunk.scores])
+            episode.chosen.append(chunk.chosen)
+            episode.method = episode.method or chunk.method
+        sent = [i for i in active if submit(i, "chunk", todo[i])]
+        for i in sent:
+            r = running[i]
+            result = collect(i)
+            if result is None:
+                continue
+            for action, obs in zip(todo[i], result.observations):
+                r.history.record(action, obs)
+            if result.success_at is not None and r.episode.success_step is None:
+                r.episode.success_step = r.history.t - len(result.observations) + result.success_at + 1
+            if result.ended:
+                executed = np.stack(r.history.actions)
+                r.episode.success, r.episode.length = result.success, len(executed)
+                r.episode.actions_hash = actions_hash(executed)
+                if keep:
+                    r.episode.actions, r.episode.observations = executed, r.history.obs[: len(executed)]
+                running[i] = None
+                finish(r.episode)
+    return done
+
+
+def rollout(policy, env, seed: int, k: int = 1) -> bool:
+    """One episode in ``env``; ``k`` > 1 samples k candidates per chunk and executes the verifier's pick."""
+    return run_episodes(policy, [LocalEnv(env)], [seed], k=k)[0].success
 
 
 def rollouts(policy, task: str, seeds, obs: str = "state", image_size: int | None = None,
              progress: bool = False, k: int = 1) -> list[bool]:
-    """Success of one rollout per seed (sampling noise seeded by the seed too, so reruns agree)."""
+    """Success of one rollout per seed (sampling noise seeded by the seed, so reruns agree), in seed order."""
     from tqdm import tqdm
 
     from robopolicy import envs
 
     kwargs = {"image_size": image_size} if image_size else {}
-    env = envs.make(task, obs=obs, **kwargs)
+    slot = LocalEnv(envs.make(task, obs=obs, **kwargs))
+    seeds = [int(s) for s in seeds]
+    bar = tqdm(total=len(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
     try:
-        return [rollout(policy, env, int(s), torch.Generator().manual_seed(int(s)), k=k)
-                for s in tqdm(seeds, desc=f"eval {task}", unit="ep", disable=not progress)]
+        episodes = run_episodes(policy, [slot], seeds, k=k, on_episode=lambda e: bar.update(1))
     finally:
-        env.close()
+        bar.close()
+        slot.close()
+    won = {e.seed: e.success for e in episodes}
+    return [won[s] for s in seeds]
 
 
 def success_rate(policy, task: str, seeds, obs: str = "state", image_size: int | None = None, k: int = 1) -> float:

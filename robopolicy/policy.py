@@ -1,12 +1,14 @@
 """Policy = normalizer + observation encoder + head. It acts on raw observation windows.
 
 Checkpoint folder (no pickles): ``model.safetensors`` (weights and normalizer statistics),
-``config.yaml`` (the full Config), ``schema.json`` (observation keys, shapes, dtypes, action size).
+``config.yaml`` (the full Config), ``schema.json`` (observation keys, shapes, dtypes, action size) and
+``task.json`` (where it was trained: the store's env spec, control rate, action semantics).
 Loading is strict: a missing, unexpected or differently shaped tensor is one ConfigError naming it.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,22 +16,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from robopolicy import verify
 from robopolicy.config import Config, load_config
 from robopolicy.data.embeddings import EMBEDDING_KEY
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
+from robopolicy.data.windows import Window
 from robopolicy.errors import ConfigError
 from robopolicy.heads.diffusion import DiffusionHead
 from robopolicy.heads.ebt import EBTHead
 from robopolicy.heads.ptp import PTPHead
 from robopolicy.models.encoders import ObsEncoder
 
+ACT_BATCH = 8  # windows per network call when acting (padded): fixed, and a multiple of 8 rows (the CPU kernels
+# vectorize over 8 rows and compute a ragged last block differently), so a row never depends on its batch
+
 
 @dataclass
 class ActionChunk:
     actions: np.ndarray  # (Ta, Da) to execute, in the environment's action space
-    t0: int  # the step the first action is for
-    scores: np.ndarray | None = None  # per candidate, when the head scored several
+    t: int  # the step the first action is due at
+    plan: np.ndarray  # (H-To+1, Da): the whole predicted future from step t (the first Ta are ``actions``)
+    scores: np.ndarray | None = None  # (K,) the verifier's score of each candidate, lower is better
+    method: str | None = None  # what scored them: "score" (the head's own: EBT energy), "past", "coherence"
+    chosen: int = 0  # the candidate executed
 
 
 def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
@@ -58,6 +68,8 @@ class Policy(nn.Module):
     def __init__(self, cfg: Config, schema: dict[str, Field], normalizer: Normalizer):
         super().__init__()
         self.cfg, self.schema, self.normalizer = cfg, dict(schema), normalizer
+        # where it was trained (envs.task_card): env spec, control rate, action semantics; None: unknown
+        self.task: dict | None = None
         self.obs_keys = obs_keys_of(cfg, schema)
         images = {k: schema[k].shape[0] for k in self.obs_keys if schema[k].is_image}
         low_dim = {k: int(np.prod(schema[k].shape)) for k in self.obs_keys if not schema[k].is_image}
@@ -103,47 +115,93 @@ class Policy(nn.Module):
             out[key] = torch.as_tensor(np.ascontiguousarray(x), device=device)
         return out
 
-    @torch.no_grad()
-    def act(self, obs_window: dict[str, np.ndarray], executed_actions: np.ndarray | None = None, k: int = 1,
-            generator: torch.Generator | None = None, t0: int = 0,
-            past_actions: np.ndarray | None = None) -> ActionChunk:
-        """``obs_window[key]``: (To, ...) raw observations, oldest first. ``executed_actions`` (To, Da): the
-        action executed just before each of those frames (needed when ``data.past_act``). Returns the Ta
-        actions from now, of the best of ``k`` candidates: the lowest score a head gives (EBT: final
-        energy), or with ``past_actions`` (To-1, Da), the actions executed at the first To-1 frames'
-        timestamps, and a head that predicts its past (PTP), the one whose predicted past is closest to
-        them (MSE in normalized action space: self-verification, algorithms.md §1.5). Else the first."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        obs = {k: v[None] for k, v in self.normalized_obs(obs_window).items()}
-        if self.cfg.data.past_act:
-            if executed_actions is None or np.shape(executed_actions) != (self.cfg.data.n_obs, self.action_dim):
-                raise ConfigError(f"this policy takes executed past actions as input: pass executed_actions of shape "
-                                  f"({self.cfg.data.n_obs}, {self.action_dim}), got "
-                                  f"{None if executed_actions is None else np.shape(executed_actions)}")
-            past = self.normalizer.normalize(self.cfg.data.action_key, np.asarray(executed_actions, np.float32))
-            obs[PAST_ACT] = torch.as_tensor(past, device=device)[None]
-        executed = None if past_actions is None else self._executed_past(past_actions)  # checked before sampling
-        candidates, info = self.head.sample(self.condition(obs), k=k, generator=generator)
-        scores = info.get("scores")  # lower is better (EBT: final energy); without scores, the first candidate
-        if executed is not None and "past" in info:  # self-verification: predicted past vs executed, normalized
-            scores = ((info["past"] - executed.to(info["past"].dtype)) ** 2).mean(dim=(-1, -2))
-        best = int(scores[0].argmin()) if scores is not None else 0
-        chunk = self.normalizer.unnormalize(self.cfg.data.action_key, candidates[0, best].float().cpu().numpy())
-        start = self.cfg.data.n_obs - 1
-        self.train(was_training)
-        return ActionChunk(chunk[start: start + self.cfg.data.n_action_steps], t0,
-                           None if scores is None else scores[0].float().cpu().numpy())
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
-    def _executed_past(self, past_actions: np.ndarray) -> torch.Tensor:
-        """The executed past (To-1, Da), checked and normalized, on the policy's device."""
-        want = (self.cfg.data.n_obs - 1, self.action_dim)
-        if np.shape(past_actions) != want:
-            raise ConfigError(f"past_actions must be the {want[0]} actions executed at the past frames' timestamps, "
-                              f"shape {want}; got {np.shape(past_actions)}")
-        executed = self.normalizer.normalize(self.cfg.data.action_key, np.asarray(past_actions, np.float32))
-        return torch.as_tensor(executed, device=next(self.parameters()).device)
+    @torch.no_grad()
+    def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
+            act_batch: int = ACT_BATCH) -> list[ActionChunk]:
+        """The next Ta actions for each window (``History.window()``): a batch of rows, each with its own
+        generator, each getting exactly what it would get alone (bit for bit): the networks always run on
+        ``act_batch`` rows (padded), since CPU kernels change their arithmetic with the batch size.
+
+        Per row, ``verify.method`` says whether there is evidence to choose among ``k`` candidates (the
+        head's scores, the predicted past against ``actions_at_past_frames``, or coherence with
+        ``queued``); with it the best of k is executed, without it one candidate is sampled."""
+        if self.training:
+            raise ConfigError("Policy.act needs eval mode (policy.eval()): training mode random-crops and "
+                              "drops out")
+        windows = list(windows)
+        generators = [None] * len(windows) if generators is None else list(generators)
+        if len(generators) != len(windows):
+            raise ConfigError(f"{len(generators)} generators for {len(windows)} windows: pass one per window")
+        evidence = [self._evidence(w) for w in windows]
+        how = [verify.method(self.head, e) for e in evidence]
+        chunks: list[ActionChunk | None] = [None] * len(windows)
+        for kk in sorted({k if h else 1 for h in how}):
+            rows = [i for i, h in enumerate(how) if (k if h else 1) == kk]
+            for lo in range(0, len(rows), act_batch):
+                part = rows[lo: lo + act_batch]
+                padded = part + [part[-1]] * (act_batch - len(part))  # padding rows draw from spare generators
+                gens = [generators[i] for i in part] + [torch.Generator().manual_seed(0)
+                                                        for _ in range(act_batch - len(part))]
+                candidates, info = self.head.sample(self.condition(self._obs_batch([windows[i] for i in padded])),
+                                                    k=kk, generators=gens)
+                for j, i in enumerate(part):
+                    chunks[i] = self._chunk(windows[i], candidates, info, j, evidence[i], how[i])
+        return chunks
+
+    def _chunk(self, window: Window, candidates: torch.Tensor, info: dict, row: int, evidence: verify.Evidence,
+               how: str | None) -> ActionChunk:
+        scores = verify.scores(how, candidates, info, row, evidence, self.cfg.data.n_obs)
+        best = int(scores.argmin()) if scores is not None else 0
+        plan = self.normalizer.unnormalize(self.cfg.data.action_key,
+                                           candidates[row, best, self.cfg.data.n_obs - 1:].float().cpu().numpy())
+        return ActionChunk(plan[: self.cfg.data.n_action_steps], window.t, plan,
+                           None if scores is None else scores.float().cpu().numpy(), how, best)
+
+    def _obs_batch(self, windows: list[Window]) -> dict[str, torch.Tensor]:
+        """Windows -> the normalized (B, To, ...) batch the encoder and head take (as the loaders build it)."""
+        To = self.cfg.data.n_obs
+        for w in windows:
+            for key in self.obs_keys:
+                if key not in w.obs:
+                    raise ConfigError(f"the observation lacks {key!r} (has {sorted(w.obs)}); this policy reads "
+                                      f"{self.obs_keys}")
+                want = (To, *self.schema[key].shape)
+                if np.shape(w.obs[key]) != want:
+                    raise ConfigError(f"observation {key!r}: window shape {np.shape(w.obs[key])}, this policy "
+                                      f"takes {want} (To={To} frames of {self.schema[key].shape})")
+        obs = self.normalized_obs({k: np.stack([w.obs[k] for w in windows]) for k in self.obs_keys})
+        if self.cfg.data.past_act:
+            if any(w.actions_before_frames is None for w in windows):
+                raise ConfigError("this policy takes the actions executed before each frame as input: build "
+                                  f"windows with History, or pass actions_before_frames ({To}, {self.action_dim})")
+            before = np.stack([w.actions_before_frames for w in windows]).astype(np.float32)
+            if before.shape[1:] != (To, self.action_dim):
+                raise ConfigError(f"actions_before_frames must be ({To}, {self.action_dim}), got {before.shape[1:]}")
+            before = self.normalizer.normalize(self.cfg.data.action_key, before)
+            before[np.isnan(before)] = 0.0  # no action executed yet: the neutral one, as in training
+            obs[PAST_ACT] = torch.as_tensor(before, device=self.device)
+        return obs
+
+    def _evidence(self, window: Window) -> verify.Evidence:
+        """A window's executed past and queued actions, checked and normalized."""
+        def normalized(actions, name, rows=None):
+            if actions is None:
+                return None
+            actions = np.asarray(actions, np.float32)
+            if actions.ndim != 2 or actions.shape[1] != self.action_dim or (rows is not None and len(actions) != rows):
+                raise ConfigError(f"{name} must be ({rows if rows is not None else 'L'}, {self.action_dim}), got "
+                                  f"{actions.shape}")
+            return torch.as_tensor(self.normalizer.normalize(self.cfg.data.action_key, actions), device=self.device)
+        return verify.Evidence(normalized(window.actions_at_past_frames, "actions_at_past_frames",
+                                          self.cfg.data.n_obs - 1), normalized(window.queued, "queued"))
+
+    def neutral_action(self) -> np.ndarray:
+        """The middle of the action range: what "no action yet" means (0 in normalized action space)."""
+        return self.normalizer.unnormalize(self.cfg.data.action_key, np.zeros(self.action_dim, np.float32))
 
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -157,6 +215,8 @@ class Policy(nn.Module):
         save_file(tensors, folder / "model.safetensors")
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
         (folder / "schema.json").write_text(json.dumps({k: f.to_json() for k, f in self.schema.items()}, indent=1))
+        if self.task is not None:
+            (folder / "task.json").write_text(json.dumps(self.task, indent=1))
 
     @classmethod
     def load(cls, folder: str | Path, map_location: str = "cpu") -> Policy:
@@ -173,7 +233,9 @@ class Policy(nn.Module):
         norm = {k.removeprefix("normalizer."): v for k, v in tensors.items() if k.startswith("normalizer.")}
         policy = cls(cfg, schema, Normalizer.from_state_dict(norm))
         policy.load_weights({k: v for k, v in tensors.items() if not k.startswith("normalizer.")}, folder)
-        return policy
+        if (folder / "task.json").is_file():
+            policy.task = json.loads((folder / "task.json").read_text())
+        return policy.eval()
 
     def load_weights(self, tensors: dict[str, torch.Tensor], source: str | Path = "weights") -> None:
         own = self.state_dict()

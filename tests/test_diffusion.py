@@ -44,7 +44,7 @@ def test_check8_transformer_conditions_on_one_token_per_frame():
     assert head.denoiser.cond_pos.shape == (1, 1 + TO, 16)  # step token + To frame tokens, no pooling
     loss = head.loss(torch.randn(4, TO, D), torch.rand(4, H, DA) * 2 - 1)
     loss.backward()
-    samples, _ = head.sample(torch.randn(2, TO, D), k=3, generator=torch.Generator().manual_seed(0))
+    samples, _ = head.sample(torch.randn(2, TO, D), k=3, generators=torch.Generator().manual_seed(0))
     assert samples.shape == (2, 3, H, DA)
 
 
@@ -89,8 +89,8 @@ def test_check3_and_4_ptp_supervises_every_token_with_equal_weight():
 def test_sample_shapes_candidates_and_determinism():
     head = _head()
     cond = torch.randn(3, TO, D)
-    a, _ = head.sample(cond, k=4, generator=torch.Generator().manual_seed(0))
-    b, _ = head.sample(cond, k=4, generator=torch.Generator().manual_seed(0))
+    a, _ = head.sample(cond, k=4, generators=torch.Generator().manual_seed(0))
+    b, _ = head.sample(cond, k=4, generators=torch.Generator().manual_seed(0))
     assert a.shape == (3, 4, H, DA) and torch.equal(a, b)
     assert not torch.equal(a[:, 0], a[:, 1])  # independent noise per candidate
     assert a.abs().max() <= 1.0 + 1e-5  # clip_sample keeps the normalized range
@@ -106,5 +106,5 @@ def test_overfits_a_single_demo():
     torch.manual_seed(0)
     head = DiffusionHead(2, 8, 1, 4, DiffusionHeadConfig(down_dims=(32, 64), step_embed_dim=32))
     cond, actions = fit_one_chunk(head, n_obs=1, steps=800, lr=3e-3, batch=64)
-    samples, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
+    samples, _ = head.sample(cond, k=16, generators=torch.Generator().manual_seed(0))
     assert ((samples[0] - actions) ** 2).mean() < 0.01

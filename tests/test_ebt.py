@@ -1,24 +1,31 @@
 """EBT-Policy head: faithfulness checks 14-26 of algorithms.md §4 that concern training and sampling,
-each able to fail."""
+each able to fail. Where a check is a function (``*_holds``), its test runs it on the real code and on
+broken variants of the property, and asserts that each broken variant fails it."""
+import contextlib
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import fit_one_chunk
+from robopolicy.config import load_config
+from robopolicy.data.store import DemoStore
 from robopolicy.errors import ConfigError
 from robopolicy.heads.ebt import EBTHead, EBTHeadConfig
 from robopolicy.models.energy import EnergyTransformer
+from robopolicy.train.trainer import train
 
 TP, DA, TO, D = 8, 3, 2, 5
 
 
-def _head(**kw):
+def _head(cls=EBTHead, **kw):
     torch.manual_seed(0)
     cfg = dict(n_layer=1, obs_layers=1, n_head=2, n_emb=16)
     cfg.update(kw)
-    return EBTHead(DA, TP, TO, D, EBTHeadConfig(**cfg))
+    return cls(DA, TP, TO, D, EBTHeadConfig(**cfg))
 
 
 class _Quadratic(torch.nn.Module):
@@ -33,13 +40,62 @@ class _Quadratic(torch.nn.Module):
         return ((actions - self.target) ** 2).mean(dim=(-1, -2)) + 0 * tokens.sum(dim=(-1, -2))
 
 
-def test_check19_energy_is_one_scalar_per_sample_with_a_trajectory_shaped_gradient():
-    net = EnergyTransformer(DA, TP, TO, 16, 1, 2)
-    a = torch.randn(4, TP, DA, requires_grad=True)
-    energy = net(a, torch.randn(4, TO, 16))
-    assert energy.shape == (4,)
+@contextlib.contextmanager
+def _recorded_steps(head):
+    """Every (a, v, energy, grad) that head._step returns while inside, graphs and all."""
+    steps, real = [], head._step
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        steps.append(out)
+        return out
+
+    head._step = step
+    try:
+        yield steps
+    finally:
+        del head._step
+
+
+def _batch(b=4):
+    return torch.randn(b, TO, D), torch.rand(b, TP, DA) * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------- check 19
+class _Summed(EnergyTransformer):
+    """Broken check 19: the energy is the sum over the Tp x Da outputs (the mean times Tp x Da)."""
+
+    def forward(self, actions, obs_tokens):
+        return super().forward(actions, obs_tokens) * actions.shape[1] * actions.shape[2]
+
+
+class _SummedOverDa(EnergyTransformer):
+    """Broken check 19: a mean over Tp, but a sum over Da."""
+
+    def forward(self, actions, obs_tokens):
+        return super().forward(actions, obs_tokens) * actions.shape[2]
+
+
+def energy_is_the_mean_of_the_outputs_holds(net) -> bool:
+    """Check 19: one scalar per sample, the mean over the (Tp x Da) outputs of the final layer, and dE/da has
+    the trajectory's shape. The outputs are read by a hook on the final layer, as the forward computes them."""
+    seen = []
+    handle = net.final.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        a = torch.randn(4, TP, DA, requires_grad=True)
+        energy = net(a, torch.randn(4, TO, 16))
+    finally:
+        handle.remove()
     (grad,) = torch.autograd.grad(energy.sum(), a)
-    assert grad.shape == a.shape
+    return (energy.shape == (4,) and seen[0].shape == (4, TP, DA) and grad.shape == a.shape
+            and torch.allclose(energy, seen[0].mean(dim=(-1, -2)), atol=1e-6))
+
+
+@pytest.mark.parametrize("net_class, holds", [(EnergyTransformer, True), (_Summed, False), (_SummedOverDa, False)],
+                         ids=["real", "broken-sum", "broken-sum-over-Da"])
+def test_check19_energy_is_the_mean_over_the_tp_x_da_outputs(net_class, holds):
+    torch.manual_seed(0)
+    assert energy_is_the_mean_of_the_outputs_holds(net_class(DA, TP, TO, 16, 1, 2)) is holds
 
 
 def test_check20_actions_outside_minus_one_one_are_refused():
@@ -85,7 +141,103 @@ def test_check21_training_step_adds_annealed_noise_and_jitters_alpha():
     assert ratio.min() >= 1 / 1.5 - 1e-4 and ratio.max() <= 1.5 + 1e-4 and ratio[:, 0].std() > 0.1
 
 
-def test_check15_and_22_unrolled_steps_every_one_supervised_second_order():
+# ------------------------------------------------------------------------------------ checks 15 + 22
+class _LastStepOnly(EBTHead):
+    """Broken checks 15 + 22: the same unroll, but the loss supervises only the final iterate (truncated)."""
+
+    def _step(self, *args, **kwargs):
+        out = super()._step(*args, **kwargs)
+        self.last_iterate = out[0]
+        return out
+
+    def loss(self, cond, actions):
+        super().loss(cond, actions)
+        return F.mse_loss(self.last_iterate, actions)
+
+
+class _OnlyThroughGradient(torch.nn.Module):
+    """E = net(a) - net(a.detach()): its value is 0, and at a fixed a so is its derivative in the net's
+    parameters, but dE/da is the net's. So the parameters reach the loss only through dE/da, which autograd
+    differentiates only under create_graph=True. (The plain net also reaches the loss through alpha_eff =
+    alpha exp(E) / T, so its parameters get gradients even from a first-order unroll.)"""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, actions, tokens):
+        return self.net(actions, tokens) - self.net(actions.detach(), tokens)
+
+
+@contextlib.contextmanager
+def _first_order():
+    """Broken checks 15 + 22: every torch.autograd.grad runs with create_graph=False. retain_graph=True keeps
+    the graph that alpha_eff still needs, so this variant trains (plain create_graph=False crashes backward)."""
+    real = torch.autograd.grad
+    torch.autograd.grad = lambda *args, **kw: real(*args, **{**kw, "create_graph": False, "retain_graph": True})
+    try:
+        yield
+    finally:
+        torch.autograd.grad = real
+
+
+@contextlib.contextmanager
+def _create_graph_flags():
+    """The create_graph argument of every torch.autograd.grad call while inside."""
+    flags, real = [], torch.autograd.grad
+
+    def spy(*args, **kw):
+        flags.append(bool(kw.get("create_graph", False)))
+        return real(*args, **kw)
+
+    torch.autograd.grad = spy
+    try:
+        yield flags
+    finally:
+        torch.autograd.grad = real
+
+
+def loss_is_the_mean_over_every_step_holds(head) -> bool:
+    """Checks 15 + 22: the training loss is the mean over every unrolled step (6..10) of MSE(a_i, a*)."""
+    torch.manual_seed(0)
+    cond, actions = _batch()
+    with _recorded_steps(head) as steps:
+        loss = head.loss(cond, actions)
+    per_step = torch.stack([F.mse_loss(a, actions) for a, *_ in steps])
+    return 6 <= len(steps) <= 10 and torch.allclose(loss, per_step.mean(), rtol=1e-5)
+
+
+def loss_is_second_order_holds(head) -> bool:
+    """Checks 15 + 22: the loss backpropagates into the energy net through dE/da (second order), and
+    inference asks for no graph of the gradient (create_graph=False)."""
+    net = head.energy
+    head.energy = _OnlyThroughGradient(net)
+    try:
+        torch.manual_seed(0)
+        head.zero_grad()
+        loss = head.loss(*_batch())
+        loss.backward()
+    finally:
+        head.energy = net
+    reached = sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None)
+    with _create_graph_flags() as flags:
+        head.sample(_batch()[0], 2)
+    return bool(torch.isfinite(loss)) and reached > 1e-4 and bool(flags) and not any(flags)
+
+
+@pytest.mark.parametrize("variant, every_step, second_order", [
+    ("real", True, True),
+    ("broken-last-step-only", False, True),
+    ("broken-create_graph-False", True, False),
+])
+def test_check15_and_22_loss_is_the_mean_over_steps_and_second_order(variant, every_step, second_order):
+    head = _head(cls=_LastStepOnly if variant == "broken-last-step-only" else EBTHead)
+    with _first_order() if variant == "broken-create_graph-False" else contextlib.nullcontext():
+        assert loss_is_the_mean_over_every_step_holds(head) is every_step
+        assert loss_is_second_order_holds(head) is second_order
+
+
+def test_check22_six_to_ten_unrolled_steps_resampled_each_batch():
     head = _head()
     counts = []
     real_forward = head.energy.forward
@@ -95,56 +247,131 @@ def test_check15_and_22_unrolled_steps_every_one_supervised_second_order():
         return real_forward(actions, tokens)
 
     head.energy.forward = counting
-    cond, actions = torch.randn(4, TO, D), torch.rand(4, TP, DA) * 2 - 1
+    cond, actions = _batch()
     for seed in range(40):
         counts.append(0)
         torch.manual_seed(seed)
         head.loss(cond, actions)
     assert set(counts) == {6, 7, 8, 9, 10}  # 6 + U{0..4}, resampled each batch
-    head.zero_grad()
-    head.loss(cond, actions).backward()
-    # the loss is MSE of iterates; the energy net reaches it only through dE/da: second order
-    grads = [p.grad for p in head.energy.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+# ------------------------------------------------------------------------------------------- check 21
+class _NoDetach(EBTHead):
+    """Broken check 21: each step normalizes the incoming iterate itself rather than its detached copy, so
+    gradients run back along the trajectory (values are unchanged)."""
+
+    def _step(self, a, v, *args, **kwargs):
+        self.incoming = a
+        return super()._step(a, v, *args, **kwargs)
+
+    def _normalize(self, a):
+        # _step hands over a.detach(); use the iterate itself once it carries a graph (every step but the first)
+        return super()._normalize(self.incoming if self.incoming.requires_grad else a)
+
+
+def trajectory_is_detached_each_step_holds(head) -> bool:
+    """Check 21 (§2.3): in the training unroll, iterate a_{i+1} does not depend on a_i through autograd (each
+    step starts from a.detach()), while the velocity keeps its graph across steps (the paper snapshot)."""
+    torch.manual_seed(0)
+    with _recorded_steps(head) as steps:
+        head.loss(*_batch(2))
+    for (a, v, *_), (a_next, *_) in zip(steps, steps[1:]):
+        through_a, through_v = torch.autograd.grad(a_next.sum(), (a, v), retain_graph=True, allow_unused=True)
+        if through_a is not None or through_v is None:
+            return False
+    return len(steps) >= 6
+
+
+@pytest.mark.parametrize("head_class, holds", [(EBTHead, True), (_NoDetach, False)], ids=["real", "broken-no-detach"])
+def test_check21_the_trajectory_is_detached_at_each_step(head_class, holds):
+    assert trajectory_is_detached_each_step_holds(_head(cls=head_class)) is holds
 
 
 def test_check23_exactly_two_inference_steps_and_early_stop_when_allowed_more():
+    """Energy-gradient steps are the energy calls with autograd on; one more call, without, scores the
+    actions returned (what is executed is what is scored)."""
     head = _head()
-    head.energy = _Quadratic(torch.zeros(1, TP, DA))
-    head.sample(torch.randn(1, TO, D), k=1, generator=torch.Generator().manual_seed(0))
-    assert head.energy.calls == 2  # the early-stop test never runs before the first step
+    quadratic = head.energy = _Quadratic(torch.zeros(1, TP, DA))
+    grad_on = []
+    head.energy.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
+    actions, info = head.sample(torch.randn(1, TO, D), 1, torch.Generator().manual_seed(0))
+    assert grad_on == [True, True, False]  # the early-stop test never runs before the first step
+    assert torch.allclose(info["energy"], quadratic(actions[:, 0], torch.zeros(1, TO, 16)))  # at the returned a
     head.energy = _Quadratic(torch.zeros(1, TP, DA))
     head.energy.forward = lambda a, t, e=head.energy: (e.__setattr__("calls", e.calls + 1), 0 * a.sum((-1, -2)))[1]
     head.sample(torch.randn(1, TO, D), k=1, steps=20)  # a flat energy: gradient 0 <= min_grad after step 1
-    assert head.energy.calls == 2
+    assert head.energy.calls == 3  # 1 step, the final step, the score
     a = torch.Generator().manual_seed(1)
     b = torch.Generator().manual_seed(1)
     head = _head()
     cond = torch.randn(2, TO, D)
-    assert torch.equal(head.sample(cond, k=3, generator=a)[0], head.sample(cond, k=3, generator=b)[0])
+    assert torch.equal(head.sample(cond, 3, a)[0], head.sample(cond, 3, b)[0])
 
 
-def test_check24_cross_attention_mask():
-    net = EnergyTransformer(DA, TP, TO, 16, 1, 2)
-    assert net.cross_mask.tolist() == [[t >= s for s in range(TO)] for t in range(TP)]
-    outputs = {}
-    net.final.register_forward_hook(lambda m, i, o: outputs.__setitem__("tokens", o))
-    a, tokens = torch.randn(1, TP, DA), torch.randn(1, TO, 16)
-    net(a, tokens)
-    base = outputs["tokens"].clone()
-    changed = tokens.clone()
-    changed[:, 1] += 2.0
-    net(a, changed)
-    # only action token 0 cannot see observation step 1; self-attention then mixes tokens (bidirectional),
-    # so compare the first block's cross-attention output directly
-    block = net.blocks[0]
-    x = net.inp(a) + net.pos
-    h = block.norm1(x)
-    x = x + block.attn(h, h, None)
-    c0 = block.cross(block.norm_cross(x), tokens, net.cross_mask)
-    c1 = block.cross(block.norm_cross(x), changed, net.cross_mask)
-    assert torch.allclose(c0[:, 0], c1[:, 0], atol=1e-6) and not torch.allclose(c0[:, 1:], c1[:, 1:])
-    assert not torch.allclose(outputs["tokens"], base)
+# ------------------------------------------------------------------------------------------- check 24
+def _moved(f, x, index) -> list[bool]:
+    """For each output token of f(x): does it change when input token ``index`` of x is perturbed?"""
+    with torch.no_grad():
+        base = f(x)
+        x = x.clone()
+        x[:, index] += 1.0
+        out = f(x)
+    return [not torch.allclose(base[:, t], out[:, t], atol=1e-6) for t in range(base.shape[1])]
+
+
+def _output_of(module, run):
+    """What ``module`` outputs while ``run()`` runs, read by a forward hook."""
+    seen = []
+    handle = module.register_forward_hook(lambda m, inputs, output: seen.append(output))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def attention_masks_hold(head) -> bool:
+    """Check 24, by perturbing inputs: the observation temporal encoder is causal (frame s moves output tokens
+    t >= s only); the energy net's action self-attention is unmasked (every action token moves every token of
+    the first block's self-attention output); its cross-attention lets action token t see observation step s
+    iff t >= s (observation token s moves the first block's cross-attention output at t >= s only; that output
+    does not depend on the observations otherwise, since self-attention comes first)."""
+    torch.manual_seed(0)
+    cond, a = torch.randn(1, TO, D), torch.randn(1, TP, DA)
+    with torch.no_grad():
+        tokens = head.obs_encoder(cond)
+    block = head.energy.blocks[0]
+    causal = all(_moved(head.obs_encoder, cond, s) == [t >= s for t in range(TO)] for s in range(TO))
+    bidirectional = all(all(_moved(lambda x: _output_of(block.attn, lambda: head.energy(x, tokens)), a, j))
+                        for j in range(TP))
+    cross = all(_moved(lambda c: _output_of(block.cross, lambda: head.energy(a, c)), tokens, s)
+                == [t >= s for t in range(TP)] for s in range(TO))
+    return causal and bidirectional and cross
+
+
+def _causal_action_self_attention(head):
+    mask = torch.ones(TP, TP, dtype=torch.bool).tril()
+    for block in head.energy.blocks:
+        block.forward = lambda x, self_mask=None, *rest, f=block.forward: f(x, mask, *rest)
+
+
+BROKEN_MASKS = {  # each breaks one mask of check 24
+    "broken-obs-encoder-flipped": lambda h: setattr(h.obs_encoder, "mask", h.obs_encoder.mask.T.clone()),
+    "broken-obs-encoder-unmasked": lambda h: setattr(h.obs_encoder, "mask", torch.ones_like(h.obs_encoder.mask)),
+    "broken-action-self-attention-causal": _causal_action_self_attention,
+    # time-reversed: the last action token is the one blind to the newest observation (t <= s would leave
+    # tokens that see nothing)
+    "broken-cross-attention-flipped": lambda h: setattr(h.energy, "cross_mask", h.energy.cross_mask.flip(0)),
+    "broken-cross-attention-unmasked": lambda h: setattr(h.energy, "cross_mask", torch.ones_like(h.energy.cross_mask)),
+}
+
+
+@pytest.mark.parametrize("variant", ["real", *BROKEN_MASKS])
+def test_check24_attention_masks(variant):
+    head = _head()
+    if variant != "real":
+        BROKEN_MASKS[variant](head)
+    assert attention_masks_hold(head) is (variant == "real")
 
 
 def test_sampling_is_batch_invariant_and_the_reference_norm_is_not():
@@ -166,7 +393,7 @@ def test_sampling_runs_under_inference_mode_and_warm_starts():
     cond = torch.randn(1, TO, D)
     with torch.inference_mode():
         cond_inf = cond.clone()
-        out, info = head.sample(cond_inf, k=2, generator=torch.Generator().manual_seed(0))
+        out, info = head.sample(cond_inf, 2, torch.Generator().manual_seed(0))
     assert out.shape == (1, 2, TP, DA) and torch.isfinite(info["energy"]).all()
     init = torch.zeros(1, 1, TP, DA)
     warm_a, _ = head.sample(cond, k=1, init=init)
@@ -174,20 +401,72 @@ def test_sampling_runs_under_inference_mode_and_warm_starts():
     assert not torch.allclose(warm_a, warm_b)  # the start matters: it is used, not replaced by noise
 
 
-def test_energy_drops_and_the_last_iterate_beats_the_first_check25():
-    """Check 25, after fitting one demonstration chunk: the energy after optimization is below the initial one,
-    and the 2-step result is closer to the demonstration than the 1-step one."""
+# ------------------------------------------------------------------------------------------- check 25
+def _chunks(n, seed):
+    """n (condition, chunk) pairs of one task: 8 steps of 2-d actions, a tanh ramp set by the last frame."""
+    cond = torch.randn(n, 2, 4, generator=torch.Generator().manual_seed(seed))
+    ramp = torch.linspace(-1, 1, 8)[None, :, None]
+    return cond, torch.tanh(0.8 * (cond[:, -1:, :2] + cond[:, -1:, 2:] * ramp))
+
+
+def _held_out_head():
     torch.manual_seed(0)
-    head = EBTHead(2, 8, 2, 4, EBTHeadConfig(n_layer=1, obs_layers=1, n_head=2, n_emb=32))
-    cond, actions = fit_one_chunk(head, n_obs=2, steps=200, lr=3e-3, batch=16, clip=1.0)
-    samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
-    first, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0), steps=1)
-    assert ((samples[0] - actions) ** 2).mean() < ((first[0] - actions) ** 2).mean()
+    return EBTHead(2, 8, 2, 4, EBTHeadConfig(n_layer=1, obs_layers=1, n_head=2, n_emb=16))
+
+
+@pytest.fixture(scope="module")
+def fitted_on_other_chunks():
+    """A tiny head after a short fit (60 steps, about 7 s) on 64 chunks; 32 other chunks held out."""
+    head = _held_out_head()
+    cond, actions = _chunks(64, seed=1)
+    optim = torch.optim.AdamW(head.parameters(), lr=5e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, 60)
+    draw = torch.Generator().manual_seed(3)
+    for _ in range(60):
+        rows = torch.randint(0, 64, (8,), generator=draw)
+        loss = head.loss(cond[rows], actions[rows])
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        optim.step()
+        schedule.step()
+    held_cond, held_actions = _chunks(32, seed=2)
+    assert not any(torch.allclose(c, h) for c in cond for h in held_cond)  # held out: none trained on
+    return head, held_cond, held_actions
+
+
+def optimization_improves_on_held_out_holds(head, cond, actions) -> bool:
+    """Check 25 on held-out chunks, each optimized from the same start: the energy after optimization (the
+    policy's reported energy) is below the energy at the start (what the first step evaluates), on average:
+    init_final_pred_energies_gap > 0; and the final iterate's MSE is below the first iterate's."""
+    start = torch.randn(actions.shape, generator=torch.Generator().manual_seed(0))[:, None]
+    first, _ = head.sample(cond, 1, init=start, steps=1)
+    final, info = head.sample(cond, 1, init=start)
     with torch.no_grad():
-        tokens = head.obs_encoder(cond).repeat_interleave(16, dim=0)
-        start = torch.randn((16, 8, 2), generator=torch.Generator().manual_seed(0))  # what sample started from
-        energy = lambda a: head.energy(F.rms_norm(a, a.shape[1:]), tokens)  # noqa: E731
-        assert energy(samples[0]).mean() < energy(start).mean()
+        initial = head.energy(head._normalize(start[:, 0]), head.obs_encoder(cond))
+    gap = (initial - info["energy"][:, 0]).mean()
+    return bool(gap > 0) and bool(((final[:, 0] - actions) ** 2).mean() < ((first[:, 0] - actions) ** 2).mean())
+
+
+@contextlib.contextmanager
+def _gradient_ascent():
+    """Broken check 25: sampling steps along +dE/da."""
+    real = torch.autograd.grad
+    torch.autograd.grad = lambda *args, **kw: tuple(-g for g in real(*args, **kw))
+    try:
+        yield
+    finally:
+        torch.autograd.grad = real
+
+
+@pytest.mark.parametrize("variant", ["fitted", "broken-untrained", "broken-gradient-ascent"])
+def test_check25_energy_drops_and_the_last_iterate_beats_the_first_on_held_out_chunks(variant,
+                                                                                     fitted_on_other_chunks):
+    head, cond, actions = fitted_on_other_chunks
+    if variant == "broken-untrained":  # it lowers the energy, but its iterates move away from the data
+        head = _held_out_head()
+    with _gradient_ascent() if variant == "broken-gradient-ascent" else contextlib.nullcontext():
+        assert optimization_improves_on_held_out_holds(head, cond, actions) is (variant == "fitted")
 
 
 @pytest.mark.slow
@@ -198,11 +477,11 @@ def test_overfits_a_single_demo():
     torch.manual_seed(0)
     head = EBTHead(2, 8, 2, 4, EBTHeadConfig(n_layer=1, obs_layers=1, n_head=2, n_emb=32))
     cond, actions = fit_one_chunk(head, n_obs=2, steps=1000, lr=1e-3, batch=16, clip=1.0)
-    samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
+    samples, info = head.sample(cond, 16, torch.Generator().manual_seed(0))
     errors = ((samples[0] - actions) ** 2).mean(dim=(1, 2))
     assert errors[info["scores"][0].argmin()] <= 0.01
     assert errors[info["scores"][0].argmin()] <= errors.median()  # the energy ranks candidates usefully
-    four, _ = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0), steps=4)
+    four, _ = head.sample(cond, 16, torch.Generator().manual_seed(0), steps=4)
     assert ((four[0] - actions) ** 2).mean() <= 0.01
 
 
@@ -218,11 +497,11 @@ def test_check14_step_size_is_clamped_at_1e_4():
 
 
 def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
-    import numpy as np
 
     from robopolicy.config import load_config
     from robopolicy.data.normalizer import Normalizer
     from robopolicy.data.store import Field
+    from robopolicy.data.windows import Window
     from robopolicy.policy import Policy
 
     cfg = load_config("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=16",
@@ -231,15 +510,57 @@ def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
     data = {"state": np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32),
             "action": np.random.default_rng(1).uniform(-2, 2, (50, 3)).astype(np.float32)}
     torch.manual_seed(0)
-    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"}))
+    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval()
     window = {"state": data["state"][:2]}
-    chunk = policy.act(window, k=6, generator=torch.Generator().manual_seed(3))
+    chunk = policy.act([Window(window)], k=6, generators=[torch.Generator().manual_seed(3)])[0]
     with torch.no_grad():
-        cond = policy.eval().condition({k: v[None] for k, v in policy.normalized_obs(window).items()})
-    candidates, info = policy.head.sample(cond, k=6, generator=torch.Generator().manual_seed(3))
+        cond = policy.condition({k: v[None] for k, v in policy.normalized_obs(window).items()})
+    candidates, info = policy.head.sample(cond, 6, torch.Generator().manual_seed(3))
     best = int(info["scores"][0].argmin())
-    assert np.allclose(chunk.scores, info["scores"][0].numpy(), atol=1e-6)
+    assert chunk.method == "score" and chunk.chosen == best
+    assert np.allclose(chunk.scores, info["scores"][0].numpy(), atol=1e-5)
     expected = policy.normalizer.unnormalize("action", candidates[0, best].numpy())[1:9]  # a[To-1 : To-1+Ta]
     assert np.allclose(chunk.actions, expected, atol=1e-5)
     others = [policy.normalizer.unnormalize("action", candidates[0, i].numpy())[1:9] for i in range(6) if i != best]
     assert not any(np.allclose(chunk.actions, o, atol=1e-5) for o in others)
+
+
+# ------------------------------------------------------------------------- gradient clipping (check 22)
+def test_check22_the_ebt_configs_clip_gradients_at_1():
+    assert [load_config(name).train.optim.grad_clip for name in ("ebt", "ebt_gpu", "ebt_image")] == [1.0] * 3
+
+
+def _applied_gradient_norms(tmp_path) -> list[float]:
+    """The gradient norm each optimizer step of a 3-step ebt run applies (read by a global step hook)."""
+
+    rng = np.random.default_rng(0)
+    with DemoStore.create(tmp_path / "s.zarr") as store:
+        for _ in range(2):
+            store.append_episode({"state": rng.normal(size=(30, 5)).astype(np.float32),
+                                  "action": rng.uniform(-2, 2, (30, 3)).astype(np.float32)})
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    cfg = load_config("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=16",
+                              "policy.ebt.n_head=2", "train.steps=3", "data.batch_size=8", "train.tensorboard=false",
+                              "train.optim.lr=1e-3", "train.optim.warmup_steps=1"])
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train(cfg, tmp_path / "s.zarr", tmp_path / "run", progress=False)
+    finally:
+        handle.remove()
+    return norms
+
+
+@pytest.mark.parametrize("clipping", [True, False])
+def test_check22_the_trainer_clips_gradients_at_1(tmp_path, monkeypatch, clipping):
+    """Every step the trainer applies has gradient norm <= 1.0; a trainer that skips clipping fails this
+    (this tiny head's raw gradients are tens)."""
+    if not clipping:
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda parameters, max_norm, *a, **kw: None)
+    norms = _applied_gradient_norms(tmp_path)
+    assert len(norms) == 3
+    assert (max(norms) <= 1.0 + 1e-4) is clipping, norms

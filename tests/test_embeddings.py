@@ -7,6 +7,7 @@ from conftest import run_cli
 from robopolicy.config import load_config
 from robopolicy.data import embeddings
 from robopolicy.data.store import DemoStore
+from robopolicy.data.windows import Window
 from robopolicy.errors import ConfigError, StoreError
 from robopolicy.models.encoders import ObsEncoder
 from robopolicy.policy import Policy
@@ -102,7 +103,7 @@ def test_stage2_never_runs_the_encoder_nor_reads_an_image_check9(stage1, tmp_pat
     rng = np.random.default_rng(1)
     window = {"cam_image": rng.integers(0, 255, (4, IMAGE, IMAGE, 3), dtype=np.uint8),
               "state": rng.normal(size=(4, 5)).astype(np.float32)}
-    chunk = policy.act(window, generator=torch.Generator().manual_seed(0))
+    chunk = policy.eval().act([Window(window)], generators=[torch.Generator().manual_seed(0)])[0]
     assert chunk.actions.shape == (8, 3) and np.all(np.isfinite(chunk.actions))
 
 
@@ -195,6 +196,6 @@ def test_ptp_and_ebt_train_on_images_end_to_end_then_on_their_cache(stage1, tmp_
     rng = np.random.default_rng(2)
     window = {"cam_image": rng.integers(0, 255, (n_obs, IMAGE, IMAGE, 3), dtype=np.uint8),
               "state": rng.normal(size=(n_obs, 5)).astype(np.float32)}
-    chunk = policy.act(window, k=3, generator=torch.Generator().manual_seed(0))
+    chunk = policy.act([Window(window)], k=3, generators=[torch.Generator().manual_seed(0)])[0]
     assert chunk.actions.shape == (policy.cfg.data.n_action_steps, 3) and np.all(np.isfinite(chunk.actions))
     assert chunk.scores is None or len(chunk.scores) == 3

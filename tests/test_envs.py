@@ -4,11 +4,12 @@ import pytest
 from conftest import run_cli
 from robopolicy import envs
 from robopolicy.envs import memory
-from robopolicy.envs.proofs import IMAGE_TOL, STATE_TOL, compare, prove, rollout
+from robopolicy.envs.proofs import CUE_TOL, IMAGE_TOL, STATE_TOL, compare, cue_region, prove, rollout
 from robopolicy.errors import ConfigError
 
 MEMORY_TASKS = [n for n, t in envs.TASKS.items() if t.kind == "memory"]
 METAWORLD_TASKS = [n for n, t in envs.TASKS.items() if t.kind == "metaworld"]
+CUE_TASKS = [n for n in MEMORY_TASKS if envs.get(n).factory.hidden_per_seed]  # a cue shows the hidden variable
 
 
 def test_tasks_cli_lists_the_suite():
@@ -77,7 +78,7 @@ def test_memory_proof(name):
     task = envs.get(name)
     for seed in (0, 4, 8):
         proof = prove(task.factory, seed=seed)
-        assert proof.state_diff <= STATE_TOL and proof.image_diff <= IMAGE_TOL, proof
+        assert proof.state_diff <= STATE_TOL and proof.image_mean_diff <= IMAGE_TOL and proof.cue_diff <= CUE_TOL, proof
         assert proof.action_diff > 0.5, proof
         assert proof.measured_span is not None and 1 < proof.measured_span <= task.memory_span, proof
         assert proof.long_context_sees and proof.holds(task.memory_span), proof
@@ -89,11 +90,42 @@ def test_the_proof_fails_when_nothing_differs():
     assert same.measured_span is None and not same.long_context_sees and not same.holds(10**6)
 
 
-def test_memory_tasks_hide_the_variable_from_the_state_and_the_picture():
+@pytest.fixture(scope="module")
+def cue_reach_pair():
+    return rollout(memory.CueReach, 0), rollout(memory.CueReach, 1)
+
+
+@pytest.mark.parametrize("name", CUE_TASKS)
+def test_the_proof_cue_region_is_where_the_cue_shows(name):
+    """The projected region holds every pixel the cue changes, and is a region: a few dozen pixels."""
+    frames, regions = [], []
+    for seed in (0, 1):  # the cue at either place, everything else the same
+        env = envs.get(name).make(obs="image")
+        obs, _ = env.reset(seed=seed)
+        frames.append(obs["corner2_image"].astype(int))
+        regions.append(cue_region(env)["corner2_image"])
+        env.close()
+    changed = np.abs(frames[0] - frames[1]).max(-1) > 0
+    assert changed.sum() >= 20 and np.all((regions[0] | regions[1])[changed])
+    assert all(20 <= r.sum() <= 100 for r in regions)  # of 9216: the cue's, not the picture's
+
+
+def test_the_proof_cue_bound_catches_a_cue_the_mean_misses(cue_reach_pair):
+    """Lined up while the cue still shows, the histories differ only in it: a dozen pixels, which pass the
+    whole-image mean's tolerance and not the cue region's."""
+    a, b = cue_reach_pair
+    t = memory.CueReach.CUE_STEPS - 1  # the last frame with the cue (and the one before it)
+    shown = compare(a, t, b, t)
+    assert shown.image_mean_diff <= IMAGE_TOL / 4 and shown.cue_diff > 10 * CUE_TOL, shown
+    assert not shown.holds(10**6)
+    decided = compare(a, a.decision_steps[0], b, b.decision_steps[0])
+    assert decided.cue_diff <= CUE_TOL and decided.holds(memory.CueReach.memory_span), decided
+
+
+def test_memory_tasks_hide_the_variable_from_the_state_and_the_picture(cue_reach_pair):
     # the cue is in the first observation and gone by the decision step
-    a = rollout(memory.CueReach, 0)
+    a, b = cue_reach_pair
     assert np.any(a.obs[0]["state"][7:] != 0) and np.all(a.obs[a.decision_steps[0]]["state"][7:] == 0)
-    b = rollout(memory.CueReach, 1)
     seen = np.abs(a.obs[0]["corner2_image"].astype(int) - b.obs[0]["corner2_image"]).max(-1)
     assert (seen > 100).sum() >= 10  # the cue is plainly in the picture at the start ...
     gone = np.abs(a.obs[a.decision_steps[0]]["corner2_image"].astype(int) - b.obs[b.decision_steps[0]]["corner2_image"])

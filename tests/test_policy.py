@@ -5,6 +5,7 @@ import torch
 from conftest import run_cli
 from robopolicy.config import load_config, shipped_configs
 from robopolicy.data.store import DemoStore
+from robopolicy.data.windows import Window
 from robopolicy.errors import ConfigError
 from robopolicy.models.encoders import EncoderConfig, ObsEncoder
 from robopolicy.policy import Policy
@@ -119,8 +120,8 @@ def test_checkpoint_roundtrip_and_strict_loading(tmp_path):
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"model.safetensors", "config.yaml", "schema.json"}
     loaded = Policy.load(tmp_path / "ckpt")
     window = {k: store.read(k, 0, 2) for k in ("state", "cam_image")}
-    a = policy.act(window, generator=torch.Generator().manual_seed(3))
-    b = loaded.act(window, generator=torch.Generator().manual_seed(3))
+    a = policy.eval().act([Window(window)], generators=[torch.Generator().manual_seed(3)])[0]
+    b = loaded.act([Window(window)], generators=[torch.Generator().manual_seed(3)])[0]
     assert np.array_equal(a.actions, b.actions) and a.actions.shape == (8, 3)
     other = Policy(load_config("diffusion", SMALL + ["policy.diffusion.down_dims=[16,48]"]), store.schema, norm)
     with pytest.raises(ConfigError, match="shape mismatches"):
@@ -164,3 +165,37 @@ def test_train_cli_resume_after_sigkill_is_exact(tmp_path, workers):
     assert len(losses[0]) >= 10 and all(losses[1][k] == v for k, v in losses[0].items())  # the next 50 steps
     again = run_cli(*args, "--out", str(tmp_path / "full"))
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("diffusion", []), ("diffusion", ["policy.diffusion.sampler=ddpm", "policy.diffusion.train_steps=20"]),
+    ("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=32", "data.n_obs=4", "data.horizon=12"]),
+    ("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=32"]),
+    ("diffusion_image", ["policy.diffusion.down_dims=[16,32]", "policy.encoder.crop=14"])])
+def test_acting_on_a_batch_gives_each_row_exactly_what_it_gets_alone(tmp_path, name, extra):
+    """Bit for bit, per head: a row of a batch of 5 windows (K=3 candidates, its own generator) equals that
+    window acted on alone; CPU kernels change their arithmetic with the batch size, so without the
+    fixed act batch this fails (it does with act_batch=5 below)."""
+    store = DemoStore.open(_store(tmp_path / "s.zarr", n=2, T=20, image=16 if name.endswith("image") else 0))
+    from robopolicy.data.normalizer import Normalizer
+
+    cfg = load_config(name, extra + ([] if name.endswith("image") else ["data.obs_keys=[state]"]))
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    torch.manual_seed(0)
+    policy = Policy(cfg, store.schema, norm).eval()
+    To = cfg.data.n_obs
+    windows = [Window({k: store.read(k, i, i + To) for k in policy.obs_keys}, t=i) for i in range(5)]
+    seeds = [11, 12, 13, 14, 15]
+    gens = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    together = policy.act(windows, k=3, generators=gens())
+    for i in range(5):
+        alone = policy.act([windows[i]], k=3, generators=[torch.Generator().manual_seed(seeds[i])])[0]
+        assert np.array_equal(together[i].actions, alone.actions), i
+        assert (alone.scores is None) == (together[i].scores is None)
+        if alone.scores is not None:
+            assert np.array_equal(together[i].scores, alone.scores)
+    assert not np.array_equal(together[0].actions, together[1].actions)
+    if name == "diffusion" and not extra:  # why act pads: unpadded, the U-Net's arithmetic moves with the batch
+        unpadded = policy.act(windows, k=3, generators=gens(), act_batch=5)  # 15 rows in one call
+        alone = [policy.act([w], k=3, generators=[g], act_batch=1)[0] for w, g in zip(windows, gens())]
+        assert any(not np.array_equal(u.actions, a.actions) for u, a in zip(unpadded, alone))

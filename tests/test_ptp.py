@@ -8,6 +8,7 @@ from conftest import fit_one_chunk
 from robopolicy.config import load_config
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
+from robopolicy.data.windows import Window
 from robopolicy.errors import ConfigError
 from robopolicy.heads.ptp import PTPHead, PTPHeadConfig
 from robopolicy.policy import Policy
@@ -101,7 +102,7 @@ def test_check7_masks_hold_in_the_ptp_head():
 
 def test_sample_exposes_each_candidates_past():
     head = _head()
-    chunks, info = head.sample(torch.randn(2, TO, D), k=3, generator=torch.Generator().manual_seed(0))
+    chunks, info = head.sample(torch.randn(2, TO, D), k=3, generators=torch.Generator().manual_seed(0))
     assert chunks.shape == (2, 3, H, DA) and info["past"].shape == (2, 3, TO - 1, DA)
     assert torch.equal(info["past"], chunks[:, :, : TO - 1])
     assert not torch.equal(chunks[:, 0], chunks[:, 1])  # independent noise per candidate
@@ -123,9 +124,10 @@ def test_check13_baselines_are_configs_of_the_same_head():
     # executed past actions join each frame's features and are required at act time
     assert past_act.head.denoiser.cond_in.in_features == 4 + DA
     window = {"state": np.zeros((16, 4), np.float32)}
-    with pytest.raises(ConfigError, match="executed_actions of shape"):
-        past_act.act(window)
-    chunk = past_act.act(window, np.zeros((16, DA), np.float32), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="actions executed before each frame"):
+        past_act.eval().act([Window(window)])
+    chunk = past_act.act([Window(window, 0, np.zeros((16, DA), np.float32))],
+                         generators=[torch.Generator().manual_seed(0)])[0]
     assert chunk.actions.shape == (8, DA)
 
 
@@ -135,7 +137,7 @@ def test_overfits_a_single_demo():
     head = PTPHead(2, 8, 3, 4, PTPHeadConfig(n_layer=2, n_head=2, n_emb=32, p_drop_attn=0.0, sampler="ddim",
                                              inference_steps=10))
     cond, actions = fit_one_chunk(head, n_obs=3, steps=800, lr=3e-3, batch=64)
-    samples, info = head.sample(cond, k=16, generator=torch.Generator().manual_seed(0))
+    samples, info = head.sample(cond, k=16, generators=torch.Generator().manual_seed(0))
     assert ((samples[0] - actions) ** 2).mean() < 0.01
     assert ((info["past"][0] - actions[:, :2]) ** 2).mean() < 0.01  # the past is learned too
 
@@ -149,46 +151,53 @@ def _small_ptp_policy(n_obs=4, stride=3):
 
 
 def test_check11_self_verification_picks_the_candidate_whose_past_matches_the_executed_one():
-    policy = _small_ptp_policy()
-    window = {"state": np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)}
+    policy = _small_ptp_policy().eval()
+    obs = {"state": np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)}
     executed = np.random.default_rng(1).uniform(-1, 3, (3, DA)).astype(np.float32)  # env action space
-    chunk = policy.act(window, k=6, generator=torch.Generator().manual_seed(5), past_actions=executed)
+    g = lambda: [torch.Generator().manual_seed(5)]  # noqa: E731
+    chunk = policy.act([Window(obs, 9, actions_at_past_frames=executed)], k=6, generators=g())[0]
     # the same call by hand: 6 candidates, independent noise, scored in normalized action space
     with torch.no_grad():
-        cond = policy.eval().condition({k: v[None] for k, v in policy.normalized_obs(window).items()})
-    candidates, info = policy.head.sample(cond, k=6, generator=torch.Generator().manual_seed(5))
+        cond = policy.condition({k: v[None] for k, v in policy.normalized_obs(obs).items()})
+    candidates, info = policy.head.sample(cond, k=6, generators=g())
     normalized = torch.as_tensor(policy.normalizer.normalize("action", executed))
     scores = ((info["past"][0] - normalized) ** 2).mean(dim=(1, 2))
-    assert np.allclose(chunk.scores, scores.numpy(), atol=1e-6) and len(set(scores.tolist())) == 6
-    best = int(scores.argmin())
-    expected = policy.normalizer.unnormalize("action", candidates[0, best].numpy())[3:11]  # [To-1 : To-1+Ta]
+    assert chunk.method == "past" and len(set(scores.tolist())) == 6
+    assert np.allclose(chunk.scores, scores.numpy(), atol=1e-5) and chunk.chosen == int(scores.argmin())
+    expected = policy.normalizer.unnormalize("action", candidates[0, chunk.chosen].numpy())[3:11]  # [To-1 : To-1+Ta]
     assert np.allclose(chunk.actions, expected, atol=1e-5)
-    if best != 0:  # without the executed past there is no verification: the first candidate
-        plain = policy.act(window, k=6, generator=torch.Generator().manual_seed(5))
-        assert not np.allclose(plain.actions, chunk.actions)
+    # without the executed past (history not full) there is nothing to verify with: one candidate, the baseline
+    plain = policy.act([Window(obs, 9)], k=6, generators=g())[0]
+    base = policy.act([Window(obs, 9)], k=1, generators=g())[0]
+    assert plain.scores is None and np.array_equal(plain.actions, base.actions)
     # N=1 reproduces the baseline exactly, same seed
-    one = policy.act(window, k=1, generator=torch.Generator().manual_seed(5), past_actions=executed)
-    base = policy.act(window, k=1, generator=torch.Generator().manual_seed(5))
+    one = policy.act([Window(obs, 9, actions_at_past_frames=executed)], k=1, generators=g())[0]
     assert np.array_equal(one.actions, base.actions)
-    with pytest.raises(ConfigError, match="past_actions must be"):
-        policy.act(window, k=2, past_actions=executed[:2])
+    with pytest.raises(ConfigError, match="actions_at_past_frames must be"):
+        policy.act([Window(obs, 9, actions_at_past_frames=executed[:2])], k=2)
 
 
 def test_check12_verification_compares_with_actions_at_the_subsampled_timestamps():
-    from robopolicy.eval.rollout import executed_at_past_frames
+    from robopolicy.data.windows import History, WindowSpec
 
-    executed = [np.full(DA, t, np.float32) for t in range(20)]  # the action executed at step t is t
+    history = History(WindowSpec(n_obs=4, horizon=8, stride=3), action_dim=DA)
+    history.start({"state": np.zeros(1)})
+    for t in range(19):  # the action executed at step t is t
+        history.record(np.full(DA, t, np.float32), {"state": np.full(1, t + 1.0)})
+        window = history.window()
+        if t + 1 == 8:
+            assert window.actions_at_past_frames is None  # first frame padded: no verification yet
+        if t + 1 == 9:
+            assert window.actions_at_past_frames[:, 0].tolist() == [0, 3, 6]
     # window ending at step 19, To=4, stride 3: frames 10, 13, 16, 19; past tokens are the actions at 10, 13, 16
-    past = executed_at_past_frames(executed, last=19, n_obs=4, stride=3)
-    assert past[:, 0].tolist() == [10, 13, 16]  # not the dense most recent 16, 17, 18
-    assert executed_at_past_frames(executed[:8], last=8, n_obs=4, stride=3) is None  # first frame padded: off
-    assert executed_at_past_frames(executed[:9], last=9, n_obs=4, stride=3)[:, 0].tolist() == [0, 3, 6]
-    assert executed_at_past_frames(executed, last=19, n_obs=1, stride=3) is None
+    assert window.obs["state"][:, 0].tolist() == [10, 13, 16, 19]
+    assert window.actions_at_past_frames[:, 0].tolist() == [10, 13, 16]  # not the dense most recent 16, 17, 18
+    assert window.actions_before_frames[:, 0].tolist() == [9, 12, 15, 18]  # one step earlier: the other kind
 
 
 def test_rollout_with_candidates_verifies_once_the_history_is_full(monkeypatch):
-    """In a real rollout (cue-reach), a K=3 PTP policy is called without past actions until the history
-    reaches back To-1 strides, then with the executed actions at the subsampled timestamps."""
+    """In a real rollout (cue-reach), a K=3 PTP policy samples one candidate until the history reaches back
+    To-1 strides, then 3, verified against the executed actions at the subsampled timestamps."""
     from robopolicy import envs
     from robopolicy.eval.rollout import rollout
 
@@ -199,17 +208,20 @@ def test_rollout_with_candidates_verifies_once_the_history_is_full(monkeypatch):
                       {"state": np.zeros(schema["state"].shape[0]), "action": np.zeros(4)})
     torch.manual_seed(0)
     policy = Policy(load_config("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=16", "policy.ptp.n_head=2",
-                                       "data.n_obs=3", "data.stride=4", "data.horizon=12"]), schema, norm)
+                                       "data.n_obs=3", "data.stride=4", "data.horizon=12"]), schema, norm).eval()
     calls, real_act = [], Policy.act
 
-    def recording_act(self, window, executed_actions=None, k=1, generator=None, t0=0, past_actions=None):
-        calls.append((t0, k, None if past_actions is None else past_actions.copy()))
-        return real_act(self, window, executed_actions, k, generator, t0, past_actions)
+    def recording_act(self, windows, k=1, generators=None, **kw):
+        chunks = real_act(self, windows, k, generators, **kw)
+        calls.extend((w.t, w.actions_at_past_frames, c) for w, c in zip(windows, chunks))
+        return chunks
 
     monkeypatch.setattr(Policy, "act", recording_act)
     try:
-        rollout(policy, env, seed=0, generator=torch.Generator().manual_seed(0), k=3)
+        rollout(policy, env, seed=0, k=3)
     finally:
         env.close()
-    assert calls[0] == (0, 3, None) and calls[1][0] == 8 and calls[1][2] is not None  # t=8 >= (3-1)*4
-    assert all(k == 3 for _, k, _ in calls) and all(p.shape == (2, 4) for _, _, p in calls[1:])
+    (t0, past0, first), (t1, past1, second) = calls[:2]
+    assert t0 == 0 and past0 is None and first.scores is None  # t=0 < (3-1)*4: one candidate, not verified
+    assert t1 == 8 and past1.shape == (2, 4) and second.method == "past" and len(second.scores) == 3
+    assert all(c.method == "past" and len(c.scores) == 3 for _, _, c in calls[1:])

@@ -64,8 +64,9 @@ def test_check2_edges_repeat_first_and_last_never_cross_episodes(tmp_path):
             assert np.all(fr == start) and np.all(act[:5, 0] == start + 1)
         if anchor == end:  # the last window repeats the last action into the future
             assert fr[-1] == end and np.all(act[4:, 0] == end + 1)
-        # past_act: the action executed just before each observation frame (the first one at the start)
-        assert np.all(pa[:, 0] == np.maximum(fr - 1, start) + 1)
+        # past_act: the action executed just before each observation frame; none before the episode's
+        # first frame: the neutral action (0), never a_0, the label of frame 0, leaking into the input
+        assert np.all(pa[:, 0] == np.where(fr == start, 0, fr))
     assert np.all(actions != 0)
     images = batch["obs"]["image"].numpy()
     assert images.dtype == np.uint8 and images.shape == (len(data), 5, 4, 4, 3)
@@ -144,3 +145,51 @@ def test_streamed_drop_last_and_fresh_workers_reshuffle(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="forkserver")
     orders = [[int(f) for b in loader for f in b["obs"]["frame"][:, -1]] for _ in range(2)]
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
+
+
+@pytest.mark.parametrize("To,H,stride", [(2, 16, 1), (4, 10, 3), (16, 32, 6)])
+def test_replaying_an_episode_through_the_inference_path_gives_the_training_windows(tmp_path, To, H, stride):
+    """A stored episode replayed step by step into a History, acted on through the policy's inference
+    input path, gives frame for frame exactly the normalized windows training built from it: observation
+    frames, the actions before each frame (past_act) and the actions at the past frames (PTP's past tokens)."""
+    import torch
+
+    from robopolicy.config import load_config
+    from robopolicy.data.store import Field
+    from robopolicy.data.windows import History
+    from robopolicy.policy import Policy
+
+    rng = np.random.default_rng(0)
+    store = DemoStore.create(tmp_path / "s.zarr")
+    for T in (7, 40):
+        store.append_episode({"state": rng.normal(size=(T, 3)).astype(np.float32),
+                              "action": rng.uniform(-2, 3, (T, 2)).astype(np.float32)})
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    spec = WindowSpec(To, H, stride, past_act=True)
+    training = InMemoryWindows(store, WindowGather(spec, ["state"], "action", norm))
+    cfg = load_config("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=16", "policy.ptp.n_head=2",
+                              f"data.n_obs={To}", f"data.horizon={H}", f"data.stride={stride}", "data.past_act=true"])
+    policy = Policy(cfg, {"state": Field((3,), np.dtype(np.float32)), "action": Field((2,), np.dtype(np.float32))},
+                    norm).eval()
+    starts = np.r_[0, store.episode_ends[:-1]]
+    row = 0
+    for e in range(store.n_episodes):
+        episode = store.episode(e)
+        history = History(WindowSpec(To, H, stride), action_dim=2)
+        history.start({"state": episode["state"][0]})
+        for t in range(len(episode["action"])):
+            want = training.batch(np.array([row]))
+            assert training.index.anchor[row] == starts[e] + t
+            window = history.window(["state"])
+            got = policy._obs_batch([window])
+            assert torch.equal(got["state"], want["obs"]["state"]), (e, t)
+            assert torch.equal(got["past_act"], want["obs"]["past_act"]), (e, t)
+            if history.full and To > 1:
+                past = torch.as_tensor(norm.normalize("action", window.actions_at_past_frames))
+                assert torch.equal(past, want["action"][0, : To - 1]), (e, t)
+            else:
+                assert window.actions_at_past_frames is None and t < (To - 1) * stride
+            if t + 1 < len(episode["action"]):
+                history.record(episode["action"][t], {"state": episode["state"][t + 1]})
+            row += 1
+    assert row == len(training)

@@ -90,26 +90,33 @@ def _latency_ms(policy: Policy, k: int, device: torch.device, calls: int) -> flo
     for i in range(calls + 2):
         t0 = time.perf_counter()
         with torch.no_grad():
-            policy.head.sample(policy.encoder(obs), k=k, generator=generator)
+            policy.head.sample(policy.encoder(obs), k=k, generators=generator)
         _sync(device)
         if i >= 2:  # two warm-up calls
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def _net_calls(policy: Policy, k: int) -> int:
-    """Network evaluations per chunk (check 26): the most forward calls any one submodule of the head gets
-    in one ``sample`` (the denoiser's steps; EBT's energy net, each with a backward for dE/da)."""
-    counts = {name: 0 for name, _ in policy.head.named_children()}
-    hooks = [m.register_forward_hook(lambda *_, n=name: counts.__setitem__(n, counts[n] + 1))
-             for name, m in policy.head.named_children()]
+def _net_calls(policy: Policy, k: int) -> str:
+    """Network evaluations per chunk (check 26): the forward calls of the busiest submodule of the head in
+    one ``sample``: the denoiser's steps; EBT's energy-gradient steps (the forwards with autograd on, each
+    with a backward for dE/da) "+1" for the forward that scores the returned actions."""
+    counts = {name: [0, 0] for name, _ in policy.head.named_children()}  # [autograd on, off]
+
+    def count(name):
+        def hook(*_):
+            counts[name][0 if torch.is_grad_enabled() else 1] += 1
+        return hook
+
+    hooks = [m.register_forward_hook(count(name)) for name, m in policy.head.named_children()]
     try:
         with torch.no_grad():
             policy.head.sample(policy.encoder(_state_window(policy)), k=k)
     finally:
         for h in hooks:
             h.remove()
-    return max(counts.values())
+    grad, plain = max(counts.values())
+    return f"{grad}+{plain}" if grad else str(plain)
 
 
 def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: float = 6.0, calls: int = 15,
@@ -179,7 +186,8 @@ def _print_tables(r: dict, config: str) -> None:
         lat = row["latency"]
         print(f"  {label:<10} {row['train']:>16.0f} {lat[1]:>8.1f} {lat[8]:>8.1f} {lat[8] / lat[1]:>7.1f}x "
               f"{row['net_calls']:>10}")
-    print("  (net calls: network evaluations per chunk; EBT's each add a backward pass for dE/da)")
+    print("  (net calls: network evaluations per chunk; EBT: 2 energy-gradient steps, each with a backward for "
+          "dE/da, + 1 forward scoring the actions returned)")
     lat = {label: row["latency"] for label, row in r["heads"].items()}
     for slow, fast in (("DDPM-100", "DDIM-10"), ("DDPM-100", "EBT-2"), ("DDIM-10", "EBT-2")):
         if slow in lat and fast in lat:

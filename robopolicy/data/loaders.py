@@ -22,7 +22,7 @@ import torch
 
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import DemoStore
-from robopolicy.data.windows import WindowIndex, WindowSpec, window_index, windows_at
+from robopolicy.data.windows import NO_ACTION, WindowIndex, WindowSpec, window_index, windows_at
 
 
 @dataclass
@@ -42,13 +42,16 @@ class WindowGather:
         obs = {k: arrays[k][index.obs[rows]] for k in self.obs_keys}
         action = arrays[self.action_key][index.action[rows]]
         if self.spec.past_act:
-            obs["past_act"] = arrays[self.action_key][index.past_act[rows]]
+            before = index.past_act[rows]
+            obs["past_act"] = arrays[self.action_key][np.maximum(before, 0)]
         norm = self.normalizer
         if norm is not None:
             stats = {k: self.action_key if k == "past_act" else k for k in obs}  # past_act uses the action's
             obs = {k: norm.normalize(stats[k], v) if stats[k] in norm.scale else v for k, v in obs.items()}
             if self.action_key in norm.scale:
                 action = norm.normalize(self.action_key, action)
+        if self.spec.past_act:  # no action before an episode's first frame: the neutral one, 0 normalized
+            obs["past_act"] = np.where((before == NO_ACTION)[..., None], np.float32(0), obs["past_act"])
         return {"obs": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()},
                 "action": torch.from_numpy(np.ascontiguousarray(action))}
 
@@ -182,12 +185,16 @@ class NaiveWindows(torch.utils.data.Dataset):
             self._store = DemoStore.open(self.path)
         rows = np.array([i])
         lo = int(min(self.index.obs[i].min(), self.index.action[i].min()))
+        before = None
         if self.gather.spec.past_act:
-            lo = min(lo, int(self.index.past_act[i].min()))
+            before = self.index.past_act[rows]
+            if (before != NO_ACTION).any():
+                lo = min(lo, int(before[before != NO_ACTION].min()))
+            before = np.where(before == NO_ACTION, NO_ACTION, before - lo)
         hi = int(max(self.index.obs[i].max(), self.index.action[i].max())) + 1
         arrays = {k: self._store.read(k, lo, hi) for k in self.gather.keys}
         local = WindowIndex(self.index.anchor[rows] - lo, self.index.obs[rows] - lo, self.index.action[rows] - lo,
-                            None if self.index.past_act is None else self.index.past_act[rows] - lo)
+                            before)
         out = self.gather(arrays, local, np.array([0]))
         return {"obs": {k: v[0] for k, v in out["obs"].items()}, "action": out["action"][0]}
 

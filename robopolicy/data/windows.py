@@ -7,12 +7,23 @@ A window anchored at frame t of an episode holds
 which is Past-Token Prediction's layout (algorithms.md §1.1): past token i is the action taken at
 the time of observation frame i. Indices are clipped to the episode, so padding repeats the first
 frame/action at the start and the last ones at the end, and a window never crosses episodes.
-``past_act`` (the executed-actions-as-input ablation) gives, for each observation frame, the action
-executed just before it was captured (a_{tau-1}; the first action at the episode start).
+
+The same geometry serves live histories (``History``): a rollout or a control loop holds one episode's
+observations and executed actions and asks for the window at its latest step, which is, frame for
+frame, the window training builds at that step of the same episode (the episode so far is an episode
+that ends now; no index of a window anchored at t points past t).
+
+Two kinds of executed actions, not to be confused (they are one step apart):
+- **actions before frames** (``past_act``, To x Da): for each observation frame tau, the action executed
+  just *before* it was captured, a_{tau-1}: an input of the past-actions-as-input ablation. The
+  episode's first frame has none: its index is NO_ACTION and the loaders give it the neutral action
+  (0 in normalized action space; at inference the policy does the same).
+- **actions at past frames** (To-1 x Da): for each past frame tau, the action executed *at* it, a_tau:
+  Past-Token Prediction's past tokens, which self-verification compares predicted pasts with.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +53,9 @@ class WindowSpec:
         return (self.n_obs - 1) * self.stride
 
 
+NO_ACTION = -1  # index of "no action executed yet" in WindowIndex.past_act
+
+
 @dataclass
 class WindowIndex:
     """Frame indices (into arrays of concatenated episodes) of every window anchor."""
@@ -49,7 +63,7 @@ class WindowIndex:
     anchor: np.ndarray  # (N,) frame index t of each window
     obs: np.ndarray  # (N, To)
     action: np.ndarray  # (N, H)
-    past_act: np.ndarray | None  # (N, To)
+    past_act: np.ndarray | None  # (N, To): the action before each frame; NO_ACTION at an episode's first frame
 
     def __len__(self) -> int:
         return len(self.anchor)
@@ -77,7 +91,10 @@ def windows_at(anchor: np.ndarray, ep_start: np.ndarray, ep_end: np.ndarray, spe
     obs = np.clip(t - back, lo, hi)
     steps = np.concatenate([-back[:-1], np.arange(0, H - To + 1)])  # past (strided), current, future (dense)
     action = np.clip(t + steps, lo, hi)
-    past_act = np.clip(t - back - 1, lo, hi) if spec.past_act else None
+    past_act = None
+    if spec.past_act:  # before an episode's first frame no action was executed: no label leaks in as input
+        before = t - back - 1
+        past_act = np.where(before < lo, NO_ACTION, np.minimum(before, hi))
     return WindowIndex(t[:, 0], obs, action, past_act)
 
 
@@ -88,3 +105,66 @@ def split_episodes(n_episodes: int, val_fraction: float = 0.1, seed: int = 0) ->
     order = np.random.default_rng(seed).permutation(n_episodes)
     n_val = min(int(round(val_fraction * n_episodes)), max(n_episodes - 1, 0))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+# ------------------------------------------------------------------ live histories
+@dataclass
+class Window:
+    """What a policy acts on at step ``t`` of one episode, built by ``History.window``."""
+
+    obs: dict[str, np.ndarray]  # (To, ...) raw observations, oldest first
+    t: int = 0  # the step of the last frame
+    actions_before_frames: np.ndarray | None = None  # (To, Da) raw; NaN rows: none executed yet (neutral action)
+    actions_at_past_frames: np.ndarray | None = None  # (To-1, Da) raw, once the history reaches the first frame
+    queued: np.ndarray | None = None  # (L, Da) raw: the previous chunk's planned actions due from t on
+
+
+@dataclass
+class History:
+    """One episode as it happens: observations, executed actions, and the last chunk's plan.
+
+    ``start(obs)`` at reset, ``record(action, obs)`` after every step, ``window()`` before acting,
+    ``plan(actions, t)`` when a chunk arrives whose first action is due at step t."""
+
+    spec: WindowSpec
+    action_dim: int
+    obs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)  # actions[i]: executed at step i
+    _plan: np.ndarray | None = None
+    _plan_t: int = 0
+
+    def start(self, obs: dict[str, np.ndarray]) -> None:
+        self.obs, self.actions, self._plan = [obs], [], None
+
+    def record(self, action: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        self.actions.append(np.asarray(action, np.float32))
+        self.obs.append(obs)
+
+    def plan(self, actions: np.ndarray, t: int) -> None:
+        self._plan, self._plan_t = np.asarray(actions, np.float32), t
+
+    @property
+    def t(self) -> int:
+        """The step of the latest observation (actions 0..t-1 have been executed)."""
+        return len(self.obs) - 1
+
+    @property
+    def full(self) -> bool:
+        """The window's first frame is a real frame, not padding."""
+        return self.t >= self.spec.context
+
+    def window(self, keys: list[str] | None = None) -> Window:
+        t = self.t
+        # the episode so far, [0, t], is an episode that ends now: training's geometry, training's padding
+        index = windows_at(np.array([t]), np.array([0]), np.array([t + 1]), replace(self.spec, past_act=True))
+        keys = list(self.obs[0]) if keys is None else keys
+        obs = {k: np.stack([self.obs[i][k] for i in index.obs[0]]) for k in keys}
+        none = np.full(self.action_dim, np.nan, np.float32)
+        before = np.stack([self.actions[i] if i != NO_ACTION else none for i in index.past_act[0]])
+        at_past = None
+        if self.full and self.spec.n_obs > 1:
+            at_past = np.stack([self.actions[i] for i in index.action[0, : self.spec.n_obs - 1]])
+        queued = None
+        if self._plan is not None and 0 <= t - self._plan_t < len(self._plan):
+            queued = self._plan[t - self._plan_t:]
+        return Window(obs, t, before, at_past, queued)

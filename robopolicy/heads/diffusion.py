@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from robopolicy.errors import ConfigError
+from robopolicy.heads import candidate_generators, row_generators, row_noise
 from robopolicy.models.transformer import TransformerDenoiser
 from robopolicy.models.unet1d import ConditionalUnet1D
 
@@ -69,17 +70,19 @@ class DiffusionHead(nn.Module):
         weight = self.token_weight[None, :, None]
         return (error * weight).sum() / (weight.sum() * actions.shape[0] * actions.shape[2])
 
-    def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, dict]:
-        """K candidate chunks per observation: (B, K, H, Da), and an (empty) info dict."""
+    def sample(self, cond: torch.Tensor, k: int = 1, generators=None) -> tuple[torch.Tensor, dict]:
+        """K candidate chunks per observation: (B, K, H, Da), and an (empty) info dict. ``generators``: one
+        torch.Generator per row; each candidate draws its noise (the start, and DDPM's per-step noise)
+        from its row's generator by itself, so a row's draws do not depend on the rest of the batch."""
         with torch.inference_mode():
             batch = cond.shape[0]
+            generators = row_generators(generators, batch)
             condition = self._condition(cond).repeat_interleave(k, dim=0)
-            x = torch.randn((batch * k, self.horizon, self.action_dim), generator=generator, device=cond.device)
-            scheduler = self._sampler()
+            x = row_noise(generators, k, (self.horizon, self.action_dim), cond.device)
+            scheduler, step_generators = self._sampler(), candidate_generators(generators, k)
             for t in scheduler.timesteps:
                 eps = self.denoiser(x, t.to(cond.device).reshape(1), condition)
-                x = scheduler.step(eps, t, x, generator=generator).prev_sample
+                x = scheduler.step(eps, t, x, generator=step_generators).prev_sample
             return x.reshape(batch, k, self.horizon, self.action_dim), {}
 
     def _condition(self, cond: torch.Tensor) -> torch.Tensor:

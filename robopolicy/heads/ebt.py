@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.errors import ConfigError
+from robopolicy.heads import row_generators, row_noise
 from robopolicy.models.energy import EnergyTransformer, ObsTemporalEncoder
 
 
@@ -51,6 +52,7 @@ class EBTHeadConfig:
 
 
 class EBTHead(nn.Module):
+    self_scores = True  # info["scores"]: each candidate's final energy, what the verifier ranks by
     def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: EBTHeadConfig):
         super().__init__()
         if cfg.inference_steps < 1 or cfg.train_steps < 1:
@@ -101,33 +103,37 @@ class EBTHead(nn.Module):
         return torch.stack(losses).mean()
 
     # ----------------------------------------------------------------- inference
-    def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None,
-               init: torch.Tensor | None = None, steps: int | None = None) -> tuple[torch.Tensor, dict]:
-        """K candidates (B, K, Tp, Da) and info["energy"] / info["scores"] (B, K): each one's final energy.
-        ``init`` (B, K, Tp, Da): start from these actions (warm start) instead of noise; ``steps``: the
-        most gradient steps (default ``inference_steps``). Runs with autograd on, even inside
-        ``torch.inference_mode`` or ``torch.no_grad``."""
+    def sample(self, cond: torch.Tensor, k: int = 1, generators=None, init: torch.Tensor | None = None,
+               steps: int | None = None) -> tuple[torch.Tensor, dict]:
+        """K candidates (B, K, Tp, Da) and info["energy"] / info["scores"] (B, K): each one's energy at the
+        actions returned (what is executed is what is scored; one more energy forward, no gradient).
+        ``generators``: one per row (each candidate's start drawn by itself); ``init`` (B, K, Tp, Da):
+        start from these actions (warm start) instead of noise; ``steps``: the most gradient steps
+        (default ``inference_steps``). Runs with autograd on, even inside inference_mode or no_grad."""
         cfg, b = self.cfg, cond.shape[0]
         steps = steps or cfg.inference_steps
         shape = (b * k, self.horizon, self.action_dim)
         with torch.inference_mode(False), torch.enable_grad():
             cond = cond.clone()  # a tensor made under inference_mode cannot enter autograd; its clone here can
             if init is None:
-                a = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+                a = row_noise(row_generators(generators, b), k, shape[1:], cond.device, cond.dtype)
             else:
                 a = init.reshape(shape).to(cond.device, cond.dtype).clone()
             tokens = self.obs_encoder(cond).repeat_interleave(k, dim=0).detach()
             v = torch.zeros_like(a)
             active = torch.ones(b * k, dtype=torch.bool, device=a.device)
             i = 0
-            # per sample: stop once its gradient is small (never before the first step), then one final step
+            # per sample: stop once its gradient is small (never before the first step), then one final step;
+            # a sample that stopped keeps its (a, v) bit for bit, so its result never depends on the others
             while i < steps - 1 and bool(active.any()):
                 a_new, v_new, _, grad = self._step(a, v, tokens, i, steps, train=False)
                 keep = active[:, None, None]
                 a, v = torch.where(keep, a_new.detach(), a), torch.where(keep, v_new.detach(), v)
                 active &= grad.flatten(1).norm(dim=1) > cfg.min_grad
                 i += 1
-            a, _, energy, _ = self._step(a, v, tokens, i, steps, train=False)
+            a, _, _, _ = self._step(a, v, tokens, i, steps, train=False)
+            with torch.no_grad():
+                energy = self.energy(a.detach(), tokens)  # at the returned actions, not the look-ahead point
         a, energy = a.detach().reshape(b, k, self.horizon, self.action_dim), energy.detach().reshape(b, k)
         return a, {"energy": energy, "scores": energy}
 

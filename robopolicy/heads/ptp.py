@@ -50,11 +50,11 @@ class PTPHead(DiffusionHead):
                                         scheduler_kwargs=dict(cfg.scheduler_kwargs))
         super().__init__(action_dim, horizon, n_obs, cond_dim, diffusion, cfg.first_supervised(n_obs))
         self.ptp = cfg
+        self.predicts_past = cfg.past_action_pred  # info["past"] is trained: verification may compare it
 
-    def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, dict]:
+    def sample(self, cond: torch.Tensor, k: int = 1, generators=None) -> tuple[torch.Tensor, dict]:
         """K candidate chunks (B, K, H, Da); info["past"] (B, K, To-1, Da): each candidate's predicted past."""
-        chunks, info = super().sample(cond, k, generator)
+        chunks, info = super().sample(cond, k, generators)
         return chunks, {**info, "past": chunks[:, :, : self.n_obs - 1]}
 
 

@@ -2,8 +2,10 @@
 
 Output folder: ``policy/`` (the EMA weights: what evaluation and serving load), ``last/`` (the
 raw weights), ``train_state.pt`` (optimizer, LR schedule, EMA, step, RNG: loaded with
-weights_only=True) and ``log.jsonl``. Batch order is a function of (seed, epoch), in RAM or streamed
-by worker processes, so a resumed run replays exactly the batches the interrupted one would have seen.
+weights_only=True) and ``log.jsonl`` (loss; ``val_loss`` on the episodes ``data.val_fraction``
+holds out, which are never trained on: every figure so far trained on 45 of 50 demos). Batch order
+is a function of (seed, epoch), in RAM or streamed by worker processes, so a resumed run replays
+exactly the batches the interrupted one would have seen.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -91,6 +94,8 @@ class _Data:
     n_windows: int
     encoder_weights: dict | None = None  # the frozen stage-1 encoder, when training on a cache
     encoder_hash: str | None = None
+    task: dict | None = None  # envs.task_card of the training store: the checkpoint carries it
+    val: InMemoryWindows | None = None  # the held-out episodes' windows (data.val_fraction), for the val loss
 
 
 def _data(cfg: Config, store_path, embeddings) -> _Data:
@@ -107,9 +112,12 @@ def _data(cfg: Config, store_path, embeddings) -> _Data:
             # having their noise stretched over [-1, 1]
             normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys},
                                         min_span={k: cfg.data.obs_min_span for k in low_dim})
-            train_eps, _ = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
+            train_eps, val_eps = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
             gather = WindowGather(spec, obs_keys, cfg.data.action_key, normalizer)
-            return _Data(cfg, schema, normalizer, *_batches(cfg, store, store_path, gather, train_eps))
+            from robopolicy.envs import task_card
+
+            return _Data(cfg, schema, normalizer, *_batches(cfg, store, store_path, gather, train_eps),
+                         task=task_card(store.env_spec, store.fps), val=_held_out(store, gather, val_eps))
 
     cache, info, stage1 = open_for_training(embeddings, store_path)
     with cache:
@@ -120,10 +128,39 @@ def _data(cfg: Config, store_path, embeddings) -> _Data:
         keep = [k for k in stage1.obs_keys if k in stage1.normalizer.scale]
         normalizer = Normalizer({**{k: stage1.normalizer.scale[k] for k in keep}, **actions.scale},
                                 {**{k: stage1.normalizer.offset[k] for k in keep}, **actions.offset})
-        train_eps, _ = split_episodes(cache.n_episodes, cfg.data.val_fraction, cfg.train.seed)
+        train_eps, val_eps = split_episodes(cache.n_episodes, cfg.data.val_fraction, cfg.train.seed)
         gather = WindowGather(spec, [EMBEDDING_KEY], info.action_key, normalizer)  # reads embeddings only
         batches = _batches(cfg, cache, cache.path, gather, train_eps)
-    return _Data(cfg, stage1.schema, normalizer, *batches, stage1.encoder.state_dict(), info.encoder_hash)
+        val = _held_out(cache, gather, val_eps)
+    return _Data(cfg, stage1.schema, normalizer, *batches, stage1.encoder.state_dict(), info.encoder_hash,
+                 stage1.task, val)
+
+
+VAL_WINDOWS = 256  # held-out windows the validation loss averages over (a fixed, evenly spread subset)
+
+
+def _held_out(store: DemoStore, gather: WindowGather, episodes) -> InMemoryWindows | None:
+    return InMemoryWindows(store, gather, episodes) if len(episodes) else None
+
+
+@torch.no_grad()
+def validation_loss(policy: Policy, val: InMemoryWindows, device: torch.device, batch_size: int, bf16: bool
+                    ) -> float:
+    """The training loss on held-out episodes, in eval mode, with the same noise every time (a fork of the
+    RNG, so training's own draws are untouched): comparable across steps and runs."""
+    rows = np.unique(np.linspace(0, len(val) - 1, min(VAL_WINDOWS, len(val))).astype(np.int64))
+    was_training = policy.training
+    policy.eval()
+    total = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for i in range(0, len(rows), batch_size):
+            batch = val.batch(rows[i: i + batch_size])
+            batch = {"obs": {k: v.to(device) for k, v in batch["obs"].items()}, "action": batch["action"].to(device)}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                total += policy.loss(batch).item() * len(batch["action"])
+    policy.train(was_training)
+    return total / len(rows)
 
 
 def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: bool = False, progress: bool = True,
@@ -150,6 +187,7 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
 
     policy = Policy(cfg, data.schema, data.normalizer).to(device)
+    policy.task = data.task
     if data.encoder_weights is not None:
         policy.encoder.load_state_dict(data.encoder_weights)
         assert encoder_hash(policy) == data.encoder_hash, "the frozen encoder differs from the cache's"
@@ -202,12 +240,17 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
                 rate, wait = meter.read(step, cfg.data.batch_size * world)
                 row = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], "samples_s": rate,
                        "data_wait": wait}
+                if data.val is not None:  # the held-out episodes (data.val_fraction): logged, never trained on
+                    row["val_loss"] = validation_loss(policy, data.val, device, cfg.data.batch_size, bf16)
+                    meter.t = time.perf_counter()  # its time is not training time
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}", data_wait=f"{wait:.0%}")
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if tb is not None:
                     for key in ("loss", "lr", "samples_s", "data_wait"):
                         tb.add_scalar(f"train/{key}", row[key], step)
+                    if "val_loss" in row:
+                        tb.add_scalar("val/loss", row["val_loss"], step)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer)
             if step >= cfg.train.steps:
