@@ -99,11 +99,77 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i = n = -1
+    if not 0 <= i < n:
+        raise RobopolicyError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return i, n
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robopolicy.eval.report import report
+    from robopolicy.eval.runner import Plan, evaluate, resolve_checkpoints
+    from robopolicy.eval.suite import load_suite, task_suite
+
+    overrides = {"episodes": args.episodes, "seed_start": args.seed_start,
+                 "seeds": "collection" if args.collection_seeds else None}
+    if args.suite:
+        if args.task:
+            raise RobopolicyError("pass --task or --suite, not both")
+        suite = load_suite(args.suite, **overrides)
+    else:
+        task, obs = args.task, args.obs
+        if task is None or obs is None:
+            from robopolicy.policy import Policy
+
+            if not args.checkpoint:
+                raise RobopolicyError("pass --checkpoint C (and optionally --task T), or --suite S --checkpoints DIR")
+            folder = resolve_checkpoints(task_suite("reach"), args.checkpoint, None)["reach"]
+            policy = Policy.load(folder)
+            card = policy.task or {}
+            if task is None:
+                task = card.get("task")
+                if task is None:
+                    raise RobopolicyError(f"{args.checkpoint} does not say which task it was trained on (its store "
+                                          "named no env): pass --task T")
+            if obs is None:
+                obs = "image" if any(policy.schema[k].is_image for k in policy.obs_keys) else "state"
+        suite = task_suite(task, obs, **overrides)
+    plan = Plan(suite, resolve_checkpoints(suite, args.checkpoint, args.checkpoints), k=args.samples,
+                shard=_shard(args.shard))
+    out = Path(args.out or Path("runs") / f"eval-{suite.name}")
+    evaluate(plan, out, workers=args.workers, device=args.device, progress=not args.quiet,
+             save_rollouts=args.save_rollouts)
+    folder = report([out], videos=args.video)
+    print((folder / "report.md").read_text().split("\n![")[0])
+    print(f"report: {folder / 'report.md'}  (summary.json, success.png, episodes.jsonl beside it)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from robopolicy.eval.report import report
+
+    folder = report(args.folders, args.out, videos=args.video)
+    print((folder / "report.md").read_text().split("\n![")[0])
+    print(f"report: {folder / 'report.md'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "data":
         from robopolicy.bench.data import run_data_bench
 
         run_data_bench(store=args.store, quick=args.quick, workers=args.workers, seconds=args.seconds)
+    elif args.what == "eval":
+        from robopolicy.bench.eval import run_eval_bench
+
+        run_eval_bench(checkpoint=args.checkpoint, task=args.task, episodes=args.episodes, workers=args.workers,
+                       quick=args.quick, out=args.out)
     elif args.what == "history":
         from robopolicy.bench.history import run_history_bench
 
@@ -196,6 +262,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache)
 
+    p = sub.add_parser("eval", help="evaluate checkpoints on a task or a suite (parallel, resumable, reported)",
+                       description="Roll a checkpoint out on a task (default: the one it was trained on) or a suite "
+                                   "(eval/suites/*.yaml: smoke, metaworld-8, memory, memory-image, lift) with worker "
+                                   "processes stepping the envs and batched inference. Writes one record per "
+                                   "finished episode, then summary.json, report.md (success with 95%% Wilson "
+                                   "intervals, lengths, latency), charts and videos. Rerun the same command to "
+                                   "resume an interrupted evaluation. Reports use the final EMA weights.")
+    p.add_argument("--checkpoint", help="policy folder (RUN/policy or RUN) for a task, or for every suite task")
+    p.add_argument("--checkpoints", help="folder of runs, one per suite task: DIR/<task>/policy")
+    p.add_argument("--task", help="one task (default: the checkpoint's training task)")
+    p.add_argument("--suite", help="a shipped suite name or a suite YAML path")
+    p.add_argument("--obs", choices=("state", "image"), help="observations for --task (default: what the "
+                   "checkpoint reads)")
+    p.add_argument("--episodes", type=int, help="episodes per task (default: the suite's, 50 for --task)")
+    p.add_argument("--seed-start", type=int, help="offset into the evaluation seeds (default: 0)")
+    p.add_argument("--collection-seeds", action="store_true", help="evaluate on the demonstrations' seeds instead "
+                   "(a train-init diagnostic, labelled as such everywhere)")
+    p.add_argument("--workers", type=int, default=2, help="env worker processes (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=1, help="K candidates per chunk, the verifier picks (default: 1)")
+    p.add_argument("--video", type=int, default=0, help="mp4s of this many successes and failures per task")
+    p.add_argument("--save-rollouts", help="also write the episodes into this demo store")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
+    p.add_argument("--out", help="run folder (default: runs/eval-<suite>)")
+    p.add_argument("--shard", help="i/n: evaluate the i-th of n disjoint shares of the seeds (merge with "
+                   "`robopolicy report`)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="merge evaluation folders (shards) into one report",
+                       description="Merge the folders of one evaluation (e.g. the --shard i/n runs of a cluster "
+                                   "job) and write summary.json, report.md and charts. Refuses folders of "
+                                   "different checkpoints, suites or K.")
+    p.add_argument("folders", nargs="+", help="evaluation folders")
+    p.add_argument("--out", help="where to write the report (default: the first folder)")
+    p.add_argument("--video", type=int, default=0, help="mp4s of this many successes and failures per task")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     q = what.add_parser("data", help="training-batch throughput: in RAM vs streamed vs naive per-window reads",
@@ -219,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
     q.add_argument("--quick", action="store_true", help="tiny store and short runs (a smoke test)")
     q.add_argument("overrides", nargs="*", help="dotted config overrides, key.sub=value")
+    q.set_defaults(func=cmd_bench)
+    q = what.add_parser("eval", help="evaluation episodes/min with W workers vs 1; time in physics, rendering, "
+                        "inference", description="Episodes/min of one checkpoint with 1, 2, ... W env workers on "
+                        "the same code path and thread settings (the ratio against 1 worker), and where the time "
+                        "goes: physics, rendering (in the workers) and inference (in this process).")
+    q.add_argument("--checkpoint", help="policy to evaluate (default: a small diffusion policy trained here on "
+                   "reach demos)")
+    q.add_argument("--task", default="reach", help="task (default: %(default)s)")
+    q.add_argument("--episodes", type=int, default=8, help="episodes per setting (default: %(default)s)")
+    q.add_argument("--workers", type=int, default=2, help="the most workers to time (default: %(default)s)")
+    q.add_argument("--out", help="folder for the trained policy and runs (default: a temp folder)")
+    q.add_argument("--quick", action="store_true", help="2 episodes, a tiny policy (a smoke test)")
     q.set_defaults(func=cmd_bench)
     q = what.add_parser("history", help="success of one head at To=16 vs To=2 on a history-dependent task",
                         description="Collects a state store of a memory task, trains the config at To=16 and at "

@@ -1,0 +1,285 @@
+"""`robopolicy eval`: a suite's episodes on worker processes, recorded as they finish, resumable.
+
+Output folder:
+  run.json          what was evaluated: checkpoint hashes, suite, K, shard, seeds kind, versions, machine
+  episodes.jsonl    one JSON record per finished episode (task, seed, success, length, executed-actions
+                    hash, time to success, per-chunk latency and scores); appended and flushed as each ends
+  actions/<task>/<seed>.npy   the executed actions (np.save, no pickle): videos are rendered from them
+  summary.json, report.md, success.png, scores.png, videos/   (eval/report.py)
+
+Honest counting: only finished episodes are recorded, so an interrupted run resumes where it stopped and
+counts nothing twice or half; an episode whose worker died is retried once on a fresh worker, then
+recorded as a failure with its error. Resuming or merging refuses a different checkpoint, K or suite.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robopolicy.errors import ConfigError
+from robopolicy.eval.suite import Suite
+
+RECORDS = "episodes.jsonl"
+
+
+def checkpoint_hash(folder: str | Path) -> str:
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "config.yaml", "schema.json"):
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def env_spec_for(policy, task: str, obs: str) -> dict:
+    """The env a task is evaluated in: the checkpoint's own training env when it names this task (its
+    image size, a robomimic file's env_args), else the task with the suite's observations."""
+    from robopolicy import envs
+
+    card = policy.task or {}
+    spec = card.get("env_spec")
+    if spec and card.get("task") == task:
+        spec = dict(spec)
+        if spec.get("type") == "robomimic":
+            kwargs = dict(spec["env_args"].get("env_kwargs", {}))
+            kwargs["use_camera_obs"] = obs == "image"
+            spec["env_args"] = {**spec["env_args"], "env_kwargs": kwargs}
+        else:
+            spec["obs"] = obs
+        return spec
+    image_keys = [k for k in policy.obs_keys if policy.schema[k].is_image]
+    size = policy.schema[image_keys[0]].shape[0] if image_keys else None
+    return envs.env_spec(task, obs, size)
+
+
+def check_fits(policy, task: str, shapes: dict) -> None:
+    """One clear error before any rollout when the task does not produce what the checkpoint reads."""
+    problems = []
+    for key in policy.obs_keys:
+        if key not in shapes:
+            problems.append(f"observation {key!r} is missing (the env gives {sorted(shapes)})")
+        elif tuple(shapes[key][0]) != tuple(policy.schema[key].shape):
+            problems.append(f"observation {key!r} is {tuple(shapes[key][0])}, the checkpoint reads "
+                            f"{tuple(policy.schema[key].shape)}")
+    from robopolicy import envs
+
+    factory = envs.get(task).factory
+    if factory.action_dim != policy.action_dim:
+        problems.append(f"the task takes {factory.action_dim}-d actions, the checkpoint outputs {policy.action_dim}")
+    semantics = (policy.task or {}).get("action_semantics")
+    if semantics and list(semantics) != list(factory.action_semantics):
+        problems.append(f"action semantics differ: the checkpoint drives {semantics}, the task takes "
+                        f"{list(factory.action_semantics)}")
+    if problems:
+        raise ConfigError(f"the checkpoint does not fit task {task!r}: " + "; ".join(problems)
+                          + ". Evaluate it on the task it was trained on (`--task`), or with --obs matching it")
+
+
+@dataclass
+class Plan:
+    """What one `robopolicy eval` run evaluates."""
+
+    suite: Suite
+    checkpoints: dict[str, Path]  # task -> checkpoint folder
+    k: int = 1
+    shard: tuple[int, int] = (0, 1)
+
+    def seeds(self, task: str) -> list[int]:
+        i, n = self.shard
+        return self.suite.seed_list(task)[i::n]
+
+
+def resolve_checkpoints(suite: Suite, checkpoint: str | None, checkpoints: str | None) -> dict[str, Path]:
+    """--checkpoint C for a one-task suite (or every task), --checkpoints DIR for DIR/<task>/[policy]."""
+    def folder(path: Path) -> Path | None:
+        for candidate in (path, path / "policy"):
+            if (candidate / "model.safetensors").is_file():
+                return candidate
+        return None
+
+    out = {}
+    if checkpoints:
+        for task in suite.tasks:
+            found = folder(Path(checkpoints) / task)
+            if found is None:
+                raise ConfigError(f"no checkpoint for task {task!r} of suite {suite.name}: expected "
+                                  f"{Path(checkpoints) / task}/policy (a run folder) or a policy folder there")
+            out[task] = found
+    elif checkpoint:
+        found = folder(Path(checkpoint))
+        if found is None:
+            raise ConfigError(f"{checkpoint}: not a policy checkpoint (no model.safetensors, nor in policy/); "
+                              "pass the folder `robopolicy train` wrote")
+        out = {task: found for task in suite.tasks}
+    else:
+        raise ConfigError("nothing to evaluate: pass --checkpoint C (one policy) or --checkpoints DIR "
+                          "(DIR/<task>/ for each task of the suite)")
+    return out
+
+
+def run_meta(plan: Plan, hashes: dict[str, str], act_batch: int, specs: dict[str, dict]) -> dict:
+    from robopolicy.eval.report import versions
+
+    return {"env_specs": specs, "suite": plan.suite.name, "suite_fingerprint": plan.suite.fingerprint(),
+            "suite_body": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(plan.suite).items()},
+            "seeds_kind": plan.suite.seeds, "k": plan.k, "act_batch": act_batch, "shard": list(plan.shard),
+            "checkpoints": {t: str(p) for t, p in plan.checkpoints.items()}, "checkpoint_hashes": hashes,
+            "weights": "the final EMA weights of each run (policy/), never the best of several checkpoints",
+            "versions": versions(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}"}
+
+
+COMPARABLE = ("suite_fingerprint", "seeds_kind", "k", "act_batch", "checkpoint_hashes")
+
+
+def comparable(a: dict, b: dict) -> list[str]:
+    """The fields on which two runs differ that make their episodes incomparable."""
+    return [f for f in COMPARABLE if a.get(f) != b.get(f)]
+
+
+def read_records(folder: Path) -> list[dict]:
+    """Every complete record (a line cut by a kill mid-write is not one)."""
+    path = folder / RECORDS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _drop_cut_record(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: cut it off, or the next record would
+    be appended to it."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def evaluate(plan: Plan, out: str | Path, workers: int = 1, device: str = "auto", progress: bool = True,
+             save_rollouts: str | Path | None = None, make_env=None, act_batch: int | None = None) -> Path:
+    """Run (or resume) the plan into ``out``; returns ``out``. ``make_env(spec)`` builds an env (default:
+    ``envs.make_from_spec``; must be importable, it runs in the workers)."""
+    from tqdm import tqdm
+
+    from robopolicy import envs
+    from robopolicy.policy import ACT_BATCH, Policy
+    from robopolicy.train.trainer import _device
+
+    out = Path(out)
+    make_env = make_env or envs.make_from_spec
+    act_batch = act_batch or ACT_BATCH
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    policies = {t: Policy.load(p, map_location=str(_device(device))) for t, p in plan.checkpoints.items()}
+    hashes = {t: checkpoint_hash(p) for t, p in plan.checkpoints.items()}
+    for task, policy in policies.items():  # cheap checks first: the env shapes come from the workers below
+        if plan.suite.execute and plan.suite.execute > policy.cfg.data.horizon - policy.cfg.data.n_obs + 1:
+            future = policy.cfg.data.horizon - policy.cfg.data.n_obs + 1
+            raise ConfigError(f"suite {plan.suite.name}: execute={plan.suite.execute} exceeds the {task} "
+                              f"checkpoint's planned future ({future} actions)")
+    specs = {t: env_spec_for(policies[t], t, plan.suite.obs) for t in plan.suite.tasks}
+    meta = run_meta(plan, hashes, act_batch, specs)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "run.json").exists():
+        before = json.loads((out / "run.json").read_text())
+        differ = comparable(before, meta) + (["shard"] if before.get("shard") != meta["shard"] else [])
+        if differ:
+            raise ConfigError(f"{out} holds an evaluation with a different {', '.join(differ)}; resume with the "
+                              "same checkpoint, suite, --samples and --shard, or choose another --out")
+    else:
+        (out / "run.json").write_text(json.dumps(meta, indent=1))
+    _drop_cut_record(out / RECORDS)
+    done = {(r["task"], r["seed"]) for r in read_records(out)}
+    todo = {t: [s for s in plan.seeds(t) if (t, s) not in done] for t in plan.suite.tasks}
+    total = sum(len(plan.seeds(t)) for t in plan.suite.tasks)
+    records = (out / RECORDS).open("a")
+    store = _RolloutStore(save_rollouts) if save_rollouts else None
+    label = "" if plan.suite.seeds == "evaluation" else " [COLLECTION seeds: train-init diagnostic]"
+    bar = tqdm(total=total, initial=len(done), desc=f"eval {plan.suite.name}{label}", unit="ep",
+               disable=not progress)
+    counts = {"won": sum(r["success"] for r in read_records(out))}
+
+    def on_episode(task: str, spec: dict, episode) -> None:
+        row = {"task": task, **episode.record(), "seeds_kind": plan.suite.seeds}
+        if episode.actions is not None:
+            folder = out / "actions" / task
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{episode.seed}.npy", episode.actions, allow_pickle=False)
+            if store is not None and episode.error is None:
+                store.append(episode, spec)
+        records.write(json.dumps(row) + "\n")
+        records.flush()
+        os.fsync(records.fileno())  # the record is the commit: from here on, the episode counts
+        counts["won"] += bool(episode.success)
+        bar.update(1)
+        bar.set_postfix(task=task, success=f"{counts['won'] / max(bar.n, 1):.2f}")
+
+    try:
+        for task in plan.suite.tasks:
+            if todo[task]:
+                _run_task(plan, task, policies[task], specs[task], todo[task], workers, make_env,
+                          lambda episode, task=task: on_episode(task, specs[task], episode))
+    finally:
+        bar.close()
+        records.close()
+        if store is not None:
+            store.close()
+    return out
+
+
+def _run_task(plan: Plan, task: str, policy, spec: dict, seeds: list[int], workers: int, make_env, on_episode):
+    from robopolicy.eval.rollout import EnvDied, run_episodes
+    from robopolicy.eval.workers import WorkerEnv
+
+    try:
+        slots = [WorkerEnv(make_env, (spec,), plan.suite.max_steps) for _ in range(min(workers, len(seeds)))]
+    except EnvDied as e:
+        raise ConfigError(f"task {task!r} (env spec {spec}) cannot be built: {e}") from None
+
+    def restart(i: int):
+        slots[i].close()
+        slots[i] = WorkerEnv(make_env, (spec,), plan.suite.max_steps)
+        return slots[i]
+
+    try:
+        check_fits(policy, task, slots[0].observation_shapes)
+        run_episodes(policy, slots, seeds, k=plan.k, on_episode=on_episode, keep=True, restart=restart,
+                     execute=plan.suite.execute)
+    finally:
+        for slot in slots:
+            slot.close()
+
+
+class _RolloutStore:
+    """--save-rollouts: finished episodes as a demo store (observations, executed actions, success and
+    seed per frame), for failure analysis or retraining on corrections."""
+
+    def __init__(self, path):
+        self.path, self.store = Path(path), None
+
+    def append(self, episode, spec: dict) -> None:
+        from robopolicy.data.store import DemoStore
+
+        if self.store is None:
+            self.store = DemoStore.open(self.path, mode="a") if self.path.exists() else \
+                DemoStore.create(self.path, env_spec=spec)
+        n = episode.length
+        frames = {k: np.stack([o[k] for o in episode.observations]) for k in episode.observations[0]}
+        step = np.arange(n)
+        success = np.zeros(n, bool) if episode.success_step is None else step >= episode.success_step - 1
+        self.store.append_episode({**frames, "action": episode.actions.astype(np.float32), "success": success,
+                                   "seed": np.full(n, episode.seed, np.int64)})
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,181 @@
+"""`robopolicy eval`: per-episode results independent of the number of workers, resume after a kill,
+honest counting of crashed workers, shards that merge into the full run, and one clear error for bad
+input before any rollout. One small diffusion policy, trained here on reach, serves every test: its
+success lies between 0.2 and 0.8 (asserted), so equal results across runs mean something. The tests
+that run the 8 episodes several times are slow (CI runs them too); the smoke suite and the errors are
+in the default suite."""
+import functools
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli
+from robopolicy.errors import ConfigError
+
+EPISODES = 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A reach policy trained briefly on 20 expert demos (about 30 s on 2 cores)."""
+    from robopolicy.collect import collect
+    from robopolicy.config import load_config
+    from robopolicy.train.trainer import train
+
+    folder = tmp_path_factory.mktemp("eval")
+    store, _, _ = collect("reach", 20, folder / "reach.zarr", progress=False)
+    store.close()
+    cfg = load_config("diffusion", ["train.steps=200", "policy.diffusion.down_dims=[32,64,128]", "data.batch_size=32",
+                                    "train.log_every=100", "train.tensorboard=false"])
+    train(cfg, folder / "reach.zarr", folder / "run", progress=False)
+    return folder / "run"
+
+
+def _plan(run, episodes=EPISODES, k=1, shard=(0, 1), **suite):
+    from robopolicy.eval.runner import Plan, resolve_checkpoints
+    from robopolicy.eval.suite import task_suite
+
+    s = task_suite("reach", episodes=episodes, **suite)
+    return Plan(s, resolve_checkpoints(s, str(run), None), k=k, shard=shard)
+
+
+def _results(folder):
+    from robopolicy.eval.runner import read_records
+
+    return {(r["task"], r["seed"]): (r["success"], r["length"], r["actions_hash"], r["error"])
+            for r in read_records(folder)}
+
+
+@pytest.fixture(scope="module")
+def reference(run, tmp_path_factory):
+    from robopolicy.eval.runner import evaluate
+
+    out = evaluate(_plan(run), tmp_path_factory.mktemp("ref"), workers=2, progress=False)
+    return _results(out)
+
+
+@pytest.mark.slow
+def test_per_episode_results_are_identical_for_1_2_and_4_workers(run, reference, tmp_path):
+    from robopolicy.eval.runner import evaluate
+
+    rate = sum(r[0] for r in reference.values()) / len(reference)
+    assert len(reference) == EPISODES and 0.2 <= rate <= 0.8, rate  # a policy that always fails proves nothing
+    for workers in (1, 4):
+        assert _results(evaluate(_plan(run), tmp_path / f"w{workers}", workers=workers, progress=False)) == reference
+
+
+def test_smoke_suite_from_the_command_line_with_2_workers(run, tmp_path):
+    """What CI runs: a freshly trained policy on the shipped smoke suite, reported, with a video and the
+    rollouts saved as a demo store."""
+    result = run_cli("eval", "--checkpoint", str(run), "--suite", "smoke", "--workers", "2", "--out",
+                     str(tmp_path / "smoke"), "--video", "1", "--save-rollouts", str(tmp_path / "rollouts.zarr"))
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    assert "| reach |" in result.stdout and "95% Wilson" in result.stdout
+    summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
+    assert summary["tasks"]["reach"]["episodes"] == 4 and summary["seeds_kind"] == "evaluation"
+    assert (tmp_path / "smoke" / "success.png").stat().st_size > 1000
+    assert any(p.suffix == ".mp4" and p.stat().st_size > 1000 for p in (tmp_path / "smoke" / "videos").iterdir())
+    records = [json.loads(line) for line in (tmp_path / "smoke" / "episodes.jsonl").read_text().splitlines()]
+    assert {"task", "seed", "success", "length", "actions_hash", "latency_ms", "scores"} <= set(records[0])
+    assert all(r["length"] <= 60 for r in records)  # the suite's max_steps
+    from robopolicy.data.store import DemoStore
+
+    with DemoStore.open(tmp_path / "rollouts.zarr") as store:
+        assert store.n_episodes == 4 and list(store.episode_lengths) == [r["length"] for r in records]
+        assert store.env_spec["task"] == "reach"
+
+
+@pytest.mark.slow
+def test_an_interrupted_eval_resumes_and_counts_every_episode_once(run, reference, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "robopolicy.cli", "eval", "--checkpoint", str(run), "--episodes", str(EPISODES),
+            "--workers", "2", "--out", str(out), "--quiet"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(_lines(out)) < 2:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(_lines(out))
+    assert 2 <= finished < EPISODES, finished
+    with (out / "episodes.jsonl").open("a") as f:
+        f.write('{"task": "reach", "seed": 10000')  # a record cut by the kill mid-write: not an episode
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(_lines(out)) == EPISODES and _results(out) == reference  # each once, as an uninterrupted run
+    other_k = subprocess.run(args[:-1] + ["--samples", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert other_k.returncode == 2 and "different k" in other_k.stderr
+
+
+def _lines(out):
+    path = out / "episodes.jsonl"
+    return [line for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_retried_once_then_counted_as_a_failure(run, reference, tmp_path):
+    from eval_helpers import crashing_env
+
+    from robopolicy import envs
+    from robopolicy.eval.report import report
+    from robopolicy.eval.runner import evaluate
+
+    seeds = list(envs.eval_seeds(EPISODES))
+    always = functools.partial(crashing_env, crash_seed=seeds[1])
+    got = _results(evaluate(_plan(run), tmp_path / "always", workers=2, progress=False, make_env=always))
+    assert got.pop(("reach", seeds[1]))[:1] == (False,) and "died" in json.dumps(_errors(tmp_path / "always"))
+    assert got == {k: v for k, v in reference.items() if k != ("reach", seeds[1])}  # the others untouched
+    summary = json.loads((report([tmp_path / "always"]) / "summary.json").read_text())
+    assert summary["tasks"]["reach"]["episodes"] == EPISODES and len(summary["tasks"]["reach"]["errors"]) == 1
+    once = functools.partial(crashing_env, crash_seed=seeds[2], marker=str(tmp_path / "crashed"))
+    got = _results(evaluate(_plan(run), tmp_path / "once", workers=2, progress=False, make_env=once))
+    assert (tmp_path / "crashed").exists() and got == reference  # the retry on a fresh worker counts
+
+
+def _errors(folder):
+    from robopolicy.eval.runner import read_records
+
+    return [r["error"] for r in read_records(folder) if r["error"]]
+
+
+@pytest.mark.slow
+def test_shards_merge_into_the_full_run(run, reference, tmp_path):
+    from robopolicy.eval.runner import evaluate
+
+    for i in range(2):
+        evaluate(_plan(run, shard=(i, 2)), tmp_path / f"shard{i}", workers=1, progress=False)
+    assert not set(_results(tmp_path / "shard0")) & set(_results(tmp_path / "shard1"))
+    result = run_cli("report", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(tmp_path / "all"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["tasks"]["reach"]["episodes"] == EPISODES
+    assert summary["tasks"]["reach"]["successes"] == sum(r[0] for r in reference.values())
+    evaluate(_plan(run, episodes=2, k=2), tmp_path / "k2", workers=1, progress=False)
+    refused = run_cli("report", str(tmp_path / "shard0"), str(tmp_path / "k2"))
+    assert refused.returncode == 2 and "not shards of one evaluation" in refused.stderr
+
+
+def test_bad_input_is_one_clear_error_before_any_rollout(run, tmp_path, capsys):
+    from robopolicy.cli import main
+    from robopolicy.eval.runner import Plan, evaluate
+    from robopolicy.eval.suite import task_suite
+
+    cases = [(["--checkpoint", str(run), "--suite", "nope"], "no suite 'nope'"),
+             (["--checkpoint", str(run), "--task", "reachh"], "unknown task 'reachh'"),
+             (["--suite", "memory", "--checkpoints", str(tmp_path)], "no checkpoint for task 'cue-reach'"),
+             (["--checkpoint", str(tmp_path)], "not a policy checkpoint"),
+             (["--checkpoint", str(run), "--shard", "2/2"], "--shard takes i/n")]
+    for args, message in cases:
+        assert main(["eval", *args, "--out", str(tmp_path / "bad")]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)  # one line, no traceback
+    # a checkpoint whose observations the task does not produce (reach's 39-d state vs cue-reach's 10-d)
+    suite = task_suite("cue-reach", episodes=2)
+    with pytest.raises(ConfigError, match="does not fit task 'cue-reach'.*'state' is"):
+        evaluate(Plan(suite, {"cue-reach": run / "policy"}), tmp_path / "mismatch", workers=1, progress=False)
+    assert not (tmp_path / "mismatch" / "episodes.jsonl").read_text()
