@@ -1,9 +1,12 @@
+import json
+
 import pytest
 
 from conftest import ROOT, run_cli
 
 VERBS = [[], ["quickstart"], ["tasks"], ["collect"], ["info"], ["import"], ["import", "robomimic"], ["import", "dp"],
-         ["bench"], ["bench", "data"], ["bench", "train"], ["bench", "history"], ["train"], ["cache"]]
+         ["bench"], ["bench", "data"], ["bench", "train"], ["bench", "history"], ["bench", "eval"], ["train"],
+         ["cache"], ["eval"], ["report"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "robopolicy")
@@ -56,3 +59,13 @@ def test_bench_history_trains_both_contexts_evaluates_and_resumes(tmp_path):
     again = run_cli("bench", "history", "--quick", "--out", str(tmp_path))  # reuses store and policies
     assert again.returncode == 0 and "this run:" not in again.stdout + again.stderr
     assert again.stdout.split("run folder")[1] == result.stdout.split("run folder")[1]  # same seeds, same table
+
+
+def test_bench_eval_runs_and_prints_ratios(tmp_path):
+    result = run_cli("bench", "eval", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for words in ("episodes/min", "vs 1", "per worker", "physics s", "render s", "inference s"):
+        assert words in result.stdout
+    assert "identical in every setting: yes" in result.stdout  # 1 and 2 workers, the same episodes
+    rows = json.loads((tmp_path / "bench-eval.json").read_text())["rows"]
+    assert [r["workers"] for r in rows] == [1, 2] and rows[0]["ratio"] == 1.0
