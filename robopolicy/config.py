@@ -69,11 +69,24 @@ class PolicyConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Rollouts during training (TensorBoard ``eval/<task>/success``), on the EMA weights of that step.
+    They show progress; reported numbers come from ``robopolicy eval`` on the final EMA checkpoint."""
+
+    every: int = 0  # steps between evaluations; 0: none
+    suite: str = ""  # a suite name or YAML path; "": the task the training store was collected in
+    episodes: int = 10  # per task
+    workers: int = 2
+    samples: int = 1  # K candidates per chunk
+
+
+@dataclass
 class Config:
     name: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -251,8 +251,12 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
                         tb.add_scalar(f"train/{key}", row[key], step)
                     if "val_loss" in row:
                         tb.add_scalar("val/loss", row["val_loss"], step)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            evaluate_now = cfg.eval.every > 0 and step % cfg.eval.every == 0
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or evaluate_now:
                 _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer)
+            if evaluate_now and writer:
+                _periodic_eval(cfg, policy, out, step, tb, log, bar)
+                meter.t = time.perf_counter()
             if step >= cfg.train.steps:
                 break
         else:
@@ -265,6 +269,35 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
     if world > 1:
         _check_replicas_agree(policy)
     return out / "policy"
+
+
+def _periodic_eval(cfg: Config, policy: Policy, out: Path, step: int, tb, log, bar) -> dict[str, float]:
+    """Roll out the EMA weights just checkpointed (``out/policy``) on ``cfg.eval``'s suite; success per task
+    to TensorBoard and log.jsonl. Records stay in ``out/evals/step-N`` (a later run resumes them)."""
+    from robopolicy.eval.report import summarize
+    from robopolicy.eval.runner import Plan, evaluate, read_records, resolve_checkpoints
+    from robopolicy.eval.suite import load_suite, task_suite
+
+    overrides = {"episodes": cfg.eval.episodes}
+    if cfg.eval.suite:
+        suite = load_suite(cfg.eval.suite, **overrides)
+    elif policy.task and policy.task.get("task"):
+        suite = task_suite(policy.task["task"], "image" if any(policy.schema[k].is_image for k in policy.obs_keys)
+                           else "state", **overrides)
+    else:
+        raise ConfigError("eval.every is set but the training store names no task: set eval.suite")
+    folder = evaluate(Plan(suite, resolve_checkpoints(suite, str(out / "policy"), None), k=cfg.eval.samples),
+                      out / "evals" / f"step-{step}", workers=cfg.eval.workers, device=cfg.train.device,
+                      progress=False)
+    meta = json.loads((folder / "run.json").read_text())
+    rates = {t: row["success_rate"] for t, row in summarize(meta, read_records(folder))["tasks"].items()}
+    log.write(json.dumps({"step": step, "eval_success": rates}) + "\n")
+    log.flush()
+    for task, rate in rates.items():
+        if tb is not None:
+            tb.add_scalar(f"eval/{task}/success", rate, step)
+    bar.write(f"step {step}: eval success " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
+    return rates
 
 
 class _Meter:
