@@ -16,6 +16,10 @@ from robopolicy.envs.sawyer import Expert
 
 # robomimic's low-dim observation keys for Lift, concatenated into "state" in this order
 STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object-state")
+# ... and each also under the name a robomimic file gives it, so a policy trained on an imported robomimic
+# store finds its keys here: (robomimic name, robosuite name, size)
+ROBOMIMIC_KEYS = (("robot0_eef_pos", "robot0_eef_pos", 3), ("robot0_eef_quat", "robot0_eef_quat", 4),
+                  ("robot0_gripper_qpos", "robot0_gripper_qpos", 2), ("object", "object-state", 10))
 DEFAULT_ENV_ARGS = {"env_name": "Lift", "type": 1,
                     "env_kwargs": {"robots": ["Panda"], "control_freq": 20, "reward_shaping": False,
                                    "use_object_obs": True}}
@@ -35,7 +39,9 @@ class LiftTask(gym.Env):
     control_hz = 20.0  # robomimic's Lift; a spec's control_freq overrides it
 
     def __init__(self, obs: str = "state", image_size: int = 84, cameras: tuple[str, ...] | None = None,
-                 env_args: dict | None = None, render_mode: str | None = "rgb_array"):
+                 env_args: dict | None = None, render_mode: str | None = "rgb_array", robomimic_keys: bool = False):
+        """``robomimic_keys``: also observe each low-dim key under a robomimic file's name (an env rebuilt
+        from an imported file's spec does, so a policy trained on that store finds its keys)."""
         import robosuite
 
         if obs not in ("state", "image"):
@@ -54,6 +60,8 @@ class LiftTask(gym.Env):
             seed=0)  # the model (Lift draws its cube size when building it) is the same in every env
         self.control_hz = float(self.sim_env.control_freq)
         space = {"state": spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)}
+        if robomimic_keys:
+            space.update({name: spaces.Box(-np.inf, np.inf, (n,), np.float32) for name, _, n in ROBOMIMIC_KEYS})
         if images:
             for name in self.camera_names:
                 space[f"{name}_image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -94,6 +102,8 @@ class LiftTask(gym.Env):
 
     def _observe(self) -> dict[str, np.ndarray]:
         obs = {"state": np.concatenate([np.ravel(self.raw[k]) for k in STATE_KEYS]).astype(np.float32)}
+        if "object" in self.observation_space.spaces:
+            obs.update({name: np.asarray(self.raw[key], np.float32) for name, key, _ in ROBOMIMIC_KEYS})
         for name in self.camera_names if self.obs_mode == "image" else ():
             obs[f"{name}_image"] = np.ascontiguousarray(self.raw[f"{name}_image"][::-1])  # OpenGL rows: bottom-up
         return obs

@@ -88,10 +88,10 @@ def make_from_spec(spec: dict) -> gym.Env:
     if spec.get("type") == "robomimic":
         kwargs = spec["env_args"].get("env_kwargs", {})
         if not kwargs.get("use_camera_obs"):
-            return LiftTask(obs="state", env_args=spec["env_args"])
+            return LiftTask(obs="state", env_args=spec["env_args"], robomimic_keys=True)
         cameras = kwargs.get("camera_names", ["agentview"])
         return LiftTask(obs="image", env_args=spec["env_args"], image_size=kwargs.get("camera_heights", 84),
-                        cameras=tuple([cameras] if isinstance(cameras, str) else cameras))
+                        cameras=tuple([cameras] if isinstance(cameras, str) else cameras), robomimic_keys=True)
     kwargs = {"image_size": spec["image_size"]}
     if "env_args" in spec:
         kwargs["env_args"] = spec["env_args"]
@@ -103,8 +103,8 @@ def task_card(spec: dict | None, fps: float | None = None) -> dict | None:
     and what each action dimension means. None when the store names no env (a user's own data)."""
     if not spec:
         return None
-    if spec.get("type") == "robomimic":
-        factory, name = LiftTask, spec.get("env_args", {}).get("env_name")
+    if spec.get("type") == "robomimic":  # robosuite tasks are ours in lower case ("Lift" is "lift")
+        factory, name = LiftTask, str(spec.get("env_args", {}).get("env_name", "")).lower()
         hz = spec.get("env_args", {}).get("env_kwargs", {}).get("control_freq", factory.control_hz)
     elif spec.get("type") == "robopolicy" and spec.get("task") in TASKS:
         factory, name = get(spec["task"]).factory, spec["task"]
