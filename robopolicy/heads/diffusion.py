@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
@@ -83,7 +84,7 @@ class DiffusionHead(nn.Module):
             for t in scheduler.timesteps:
                 eps = self.denoiser(x, t.to(cond.device).reshape(1), condition)
                 x = scheduler.step(eps, t, x, generator=step_generators).prev_sample
-            return x.reshape(batch, k, self.horizon, self.action_dim), {}
+            return rearrange(x, "(b k) t a -> b k t a", k=k), {}
 
     def _condition(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, To, D) per-frame features as the denoiser takes them."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
@@ -134,7 +135,7 @@ class EBTHead(nn.Module):
             a, _, _, _ = self._step(a, v, tokens, i, steps, train=False)
             with torch.no_grad():
                 energy = self.energy(a.detach(), tokens)  # at the returned actions, not the look-ahead point
-        a, energy = a.detach().reshape(b, k, self.horizon, self.action_dim), energy.detach().reshape(b, k)
+        a, energy = rearrange(a.detach(), "(b k) t a -> b k t a", k=k), rearrange(energy.detach(), "(b k) -> b k", k=k)
         return a, {"energy": energy, "scores": energy}
 
 

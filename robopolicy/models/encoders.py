@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
@@ -77,7 +78,7 @@ class CameraEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> (N, feature_dim)."""
-        x = images.permute(0, 3, 1, 2).float() / 255.0
+        x = rearrange(images, "n h w c -> n c h w").float() / 255.0
         if self.crop is not None and self.crop < x.shape[-1]:
             x = _random_crop(x, self.crop) if self.training else _center_crop(x, self.crop)
         return self.project(self.keypoints(self.trunk(x)))
@@ -117,8 +118,8 @@ class ObsEncoder(nn.Module):
         parts = []
         for key in self.image_keys:
             images = obs[key]
-            b, t = images.shape[:2]
-            parts.append(self.cameras[key](images.flatten(0, 1)).view(b, t, -1))
+            features = self.cameras[key](rearrange(images, "b t h w c -> (b t) h w c"))
+            parts.append(rearrange(features, "(b t) f -> b t f", t=images.shape[1]))
         parts += [obs[k].float().flatten(2) for k in self.low_dim_keys]
         return torch.cat(parts, dim=-1)
 

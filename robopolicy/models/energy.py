@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 
 
@@ -26,7 +27,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (Tx, Tc), True = may attend."""
         b, t, d = x.shape
-        heads = lambda y: y.view(b, y.shape[1], self.n_head, d // self.n_head).transpose(1, 2)  # noqa: E731
+        heads = lambda y: rearrange(y, "b t (h e) -> b h t e", h=self.n_head)  # noqa: E731
         q = self.q_norm(heads(self.q(x)))
         k, v = self.kv(context).chunk(2, dim=-1)
         # written out rather than F.scaled_dot_product_attention: training differentiates through the
@@ -35,7 +36,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         y = scores.softmax(dim=-1) @ heads(v)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        return self.out(rearrange(y, "b h t e -> b t (h e)"))
 
 
 class Block(nn.Module):

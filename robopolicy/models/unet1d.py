@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from einops import rearrange
 from torch import nn
 
 
@@ -72,7 +73,7 @@ class ConditionalUnet1D(nn.Module):
             raise ValueError(f"horizon {actions.shape[1]} must be divisible by {2 ** self.downsamplings} "
                              f"({self.downsamplings} downsamplings)")
         cond = torch.cat([self.step_encoder(step.expand(actions.shape[0])), global_cond], dim=-1)
-        x, skips = actions.transpose(1, 2), []
+        x, skips = rearrange(actions, "b t a -> b a t"), []  # channels first: Conv1d over time
         for block1, block2, downsample in self.down:
             x = block2(block1(x, cond), cond)
             skips.append(x)
@@ -81,4 +82,4 @@ class ConditionalUnet1D(nn.Module):
             x = block(x, cond)
         for block1, block2, upsample in self.up:
             x = upsample(block2(block1(torch.cat([x, skips.pop()], dim=1), cond), cond))
-        return self.out(x).transpose(1, 2)
+        return rearrange(self.out(x), "b a t -> b t a")
