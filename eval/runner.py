@@ -30,8 +30,9 @@ RECORDS = "episodes.jsonl"
 
 def checkpoint_hash(folder: str | Path) -> str:
     h = hashlib.sha256()
-    for name in ("model.safetensors", "config.yaml", "schema.json"):
-        h.update((Path(folder) / name).read_bytes())
+    for name in ("model.safetensors", "config.yaml", "schema.json", "task.json"):
+        if (Path(folder) / name).is_file():
+            h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -76,7 +77,7 @@ def check_fits(policy, task: str, shapes: dict) -> None:
                         f"{list(factory.action_semantics)}")
     if problems:
         raise ConfigError(f"the checkpoint does not fit task {task!r}: " + "; ".join(problems)
-                          + ". Evaluate it on the task it was trained on (`--task`), or with --obs matching it")
+                          + ". Evaluate it on the task and observations it was trained on")
 
 
 @dataclass
@@ -93,13 +94,17 @@ class Plan:
         return self.suite.seed_list(task)[i::n]
 
 
+def checkpoint_folder(path: str | Path) -> Path | None:
+    """A policy folder, or a run folder's ``policy/`` (its final EMA weights); None when neither."""
+    for candidate in (Path(path), Path(path) / "policy"):
+        if (candidate / "model.safetensors").is_file():
+            return candidate
+    return None
+
+
 def resolve_checkpoints(suite: Suite, checkpoint: str | None, checkpoints: str | None) -> dict[str, Path]:
     """--checkpoint C for a one-task suite (or every task), --checkpoints DIR for DIR/<task>/[policy]."""
-    def folder(path: Path) -> Path | None:
-        for candidate in (path, path / "policy"):
-            if (candidate / "model.safetensors").is_file():
-                return candidate
-        return None
+    folder = checkpoint_folder
 
     out = {}
     if checkpoints:
@@ -178,16 +183,22 @@ def evaluate(plan: Plan, out: str | Path, workers: int = 1, device: str = "auto"
     out = Path(out)
     make_env = make_env or envs.make_from_spec
     act_batch = act_batch or ACT_BATCH
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if workers < 1 or plan.k < 1:
+        raise ConfigError(f"--workers and --samples must be >= 1, got {workers} and {plan.k}")
     policies = {t: Policy.load(p, map_location=str(_device(device))) for t, p in plan.checkpoints.items()}
     hashes = {t: checkpoint_hash(p) for t, p in plan.checkpoints.items()}
-    for task, policy in policies.items():  # cheap checks first: the env shapes come from the workers below
-        if plan.suite.execute and plan.suite.execute > policy.cfg.data.horizon - policy.cfg.data.n_obs + 1:
-            future = policy.cfg.data.horizon - policy.cfg.data.n_obs + 1
+    specs = {t: env_spec_for(policies[t], t, plan.suite.obs) for t in plan.suite.tasks}
+    # every check before any rollout: a bad checkpoint for the 5th task of a suite fails now, not in an hour
+    for task, policy in policies.items():
+        trained = (policy.task or {}).get("task")
+        if trained and trained != task:
+            raise ConfigError(f"{plan.checkpoints[task]} was trained on {trained!r}, not {task!r}: pass one "
+                              "checkpoint per task with --checkpoints DIR (DIR/<task>/policy)")
+        future = policy.cfg.data.horizon - policy.cfg.data.n_obs + 1
+        if plan.suite.execute and plan.suite.execute > future:
             raise ConfigError(f"suite {plan.suite.name}: execute={plan.suite.execute} exceeds the {task} "
                               f"checkpoint's planned future ({future} actions)")
-    specs = {t: env_spec_for(policies[t], t, plan.suite.obs) for t in plan.suite.tasks}
+        check_fits(policy, task, _observation_shapes(make_env, specs[task], task))
     meta = run_meta(plan, hashes, act_batch, specs)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "run.json").exists():
@@ -203,7 +214,7 @@ def evaluate(plan: Plan, out: str | Path, workers: int = 1, device: str = "auto"
     todo = {t: [s for s in plan.seeds(t) if (t, s) not in done] for t in plan.suite.tasks}
     total = sum(len(plan.seeds(t)) for t in plan.suite.tasks)
     records = (out / RECORDS).open("a")
-    store = _RolloutStore(save_rollouts) if save_rollouts else None
+    store = _RolloutStore(save_rollouts, plan.suite.tasks, specs) if save_rollouts else None
     label = "" if plan.suite.seeds == "evaluation" else " [COLLECTION seeds: train-init diagnostic]"
     bar = tqdm(total=total, initial=len(done), desc=f"eval {plan.suite.name}{label}", unit="ep",
                disable=not progress)
@@ -215,11 +226,11 @@ def evaluate(plan: Plan, out: str | Path, workers: int = 1, device: str = "auto"
             folder = out / "actions" / task
             folder.mkdir(parents=True, exist_ok=True)
             np.save(folder / f"{episode.seed}.npy", episode.actions, allow_pickle=False)
-            if store is not None and episode.error is None:
-                store.append(episode, spec)
         records.write(json.dumps(row) + "\n")
         records.flush()
         os.fsync(records.fileno())  # the record is the commit: from here on, the episode counts
+        if store is not None and episode.error is None:
+            store.append(task, episode)  # after the commit; a resumed run skips seeds the store holds
         counts["won"] += bool(episode.success)
         bar.update(1)
         bar.set_postfix(task=task, success=f"{counts['won'] / max(bar.n, 1):.2f}")
@@ -241,18 +252,23 @@ def _run_task(plan: Plan, task: str, policy, spec: dict, seeds: list[int], worke
     from robopolicy.eval.rollout import EnvDied, run_episodes
     from robopolicy.eval.workers import WorkerEnv
 
-    try:
-        slots = [WorkerEnv(make_env, (spec,), plan.suite.max_steps) for _ in range(min(workers, len(seeds)))]
-    except EnvDied as e:
-        raise ConfigError(f"task {task!r} (env spec {spec}) cannot be built: {e}") from None
+    slots: list = []
+
+    def start():
+        try:
+            return WorkerEnv(make_env, (spec,), plan.suite.max_steps)
+        except EnvDied as e:
+            raise ConfigError(f"task {task!r}: an env worker cannot start ({e}); the episodes recorded so far "
+                              "stand, rerun the same command to continue") from None
 
     def restart(i: int):
         slots[i].close()
-        slots[i] = WorkerEnv(make_env, (spec,), plan.suite.max_steps)
+        slots[i] = start()
         return slots[i]
 
     try:
-        check_fits(policy, task, slots[0].observation_shapes)
+        for _ in range(min(workers, len(seeds))):
+            slots.append(start())
         run_episodes(policy, slots, seeds, k=plan.k, on_episode=on_episode, keep=True, restart=restart,
                      execute=plan.suite.execute)
     finally:
@@ -260,26 +276,53 @@ def _run_task(plan: Plan, task: str, policy, spec: dict, seeds: list[int], worke
             slot.close()
 
 
+def _observation_shapes(make_env, spec: dict, task: str) -> dict:
+    """What the task's env observes, from a worker that builds it (and is closed again)."""
+    from robopolicy.eval.rollout import EnvDied
+    from robopolicy.eval.workers import WorkerEnv
+
+    try:
+        worker = WorkerEnv(make_env, (spec,))
+    except EnvDied as e:
+        raise ConfigError(f"task {task!r} (env spec {spec}) cannot be built: {e}") from None
+    worker.close()
+    return worker.observation_shapes
+
+
 class _RolloutStore:
-    """--save-rollouts: finished episodes as a demo store (observations, executed actions, success and
-    seed per frame), for failure analysis or retraining on corrections."""
+    """--save-rollouts: finished episodes as demo stores (observations, executed actions, success and seed
+    per frame), for failure analysis or retraining on corrections: STORE itself for a one-task suite,
+    STORE/<task>.zarr for each task of a larger one, each with its task's env spec."""
 
-    def __init__(self, path):
-        self.path, self.store = Path(path), None
-
-    def append(self, episode, spec: dict) -> None:
+    def __init__(self, path, tasks, specs: dict[str, dict]):
         from robopolicy.data.store import DemoStore
 
-        if self.store is None:
-            self.store = DemoStore.open(self.path, mode="a") if self.path.exists() else \
-                DemoStore.create(self.path, env_spec=spec)
+        self.stores, self.seeds = {}, {}
+        for task in tasks:
+            where = Path(path) if len(tasks) == 1 else Path(path) / f"{task}.zarr"
+            if where.exists():
+                store = DemoStore.open(where, mode="a")
+                if store.env_spec != specs[task]:
+                    store.close()
+                    raise ConfigError(f"{where} holds episodes of another env ({store.env_spec}); pass a new "
+                                      "--save-rollouts path")
+                self.seeds[task] = set(store.load(["seed"])["seed"].tolist()) if store.n_episodes else set()
+            else:
+                where.parent.mkdir(parents=True, exist_ok=True)
+                store, self.seeds[task] = DemoStore.create(where, env_spec=specs[task]), set()
+            self.stores[task] = store
+
+    def append(self, task: str, episode) -> None:
+        if episode.seed in self.seeds[task]:  # stored before an interruption cut the run
+            return
         n = episode.length
         frames = {k: np.stack([o[k] for o in episode.observations]) for k in episode.observations[0]}
         step = np.arange(n)
         success = np.zeros(n, bool) if episode.success_step is None else step >= episode.success_step - 1
-        self.store.append_episode({**frames, "action": episode.actions.astype(np.float32), "success": success,
-                                   "seed": np.full(n, episode.seed, np.int64)})
+        self.stores[task].append_episode({**frames, "action": episode.actions.astype(np.float32),
+                                          "success": success, "seed": np.full(n, episode.seed, np.int64)})
+        self.seeds[task].add(episode.seed)
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        for store in self.stores.values():
+            store.close()

@@ -38,8 +38,11 @@ class Suite:
             raise ConfigError(f"suite {self.name}: seeds must be 'evaluation' or 'collection', got {self.seeds!r}")
         if self.obs not in ("state", "image"):
             raise ConfigError(f"suite {self.name}: obs must be 'state' or 'image', got {self.obs!r}")
-        if self.episodes < 1 or (self.max_steps is not None and self.max_steps < 1):
-            raise ConfigError(f"suite {self.name}: episodes and max_steps must be positive")
+        if self.episodes < 1 or (self.max_steps is not None and self.max_steps < 1) or \
+                (self.execute is not None and self.execute < 1):
+            raise ConfigError(f"suite {self.name}: episodes, max_steps and execute must be positive")
+        if self.seed_start < 0:  # evaluation seeds below their start would be collection seeds
+            raise ConfigError(f"suite {self.name}: seed_start must be >= 0, got {self.seed_start}")
 
     def seed_list(self, task: str) -> list[int]:
         """The task's seeds, in order (every task of a suite gets the same range)."""

@@ -116,6 +116,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robopolicy.eval.runner import Plan, evaluate, resolve_checkpoints
     from robopolicy.eval.suite import load_suite, task_suite
 
+    if args.samples < 1 or args.workers < 1:
+        raise RobopolicyError(f"--samples and --workers must be >= 1, got {args.samples} and {args.workers}")
+
     overrides = {"episodes": args.episodes, "seed_start": args.seed_start,
                  "seeds": "collection" if args.collection_seeds else None}
     if args.suite:
@@ -124,12 +127,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         suite = load_suite(args.suite, **overrides)
     else:
         task, obs = args.task, args.obs
-        if task is None or obs is None:
+        if task is None or obs is None:  # what the checkpoint says: where it was trained, what it reads
+            from robopolicy.eval.runner import checkpoint_folder
             from robopolicy.policy import Policy
 
-            if not args.checkpoint:
+            source = args.checkpoint or (args.checkpoints and task and str(Path(args.checkpoints) / task))
+            if not source:
                 raise RobopolicyError("pass --checkpoint C (and optionally --task T), or --suite S --checkpoints DIR")
-            folder = resolve_checkpoints(task_suite("reach"), args.checkpoint, None)["reach"]
+            folder = checkpoint_folder(source)
+            if folder is None:
+                raise RobopolicyError(f"{source}: not a policy checkpoint (no model.safetensors, nor in policy/); "
+                                      "pass the folder `robopolicy train` wrote")
             policy = Policy.load(folder)
             card = policy.task or {}
             if task is None:

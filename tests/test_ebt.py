@@ -296,7 +296,8 @@ def test_check23_exactly_two_inference_steps_and_early_stop_when_allowed_more():
     head.energy.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
     actions, info = head.sample(torch.randn(1, TO, D), 1, torch.Generator().manual_seed(0))
     assert grad_on == [True, True, False]  # the early-stop test never runs before the first step
-    assert torch.allclose(info["energy"], quadratic(actions[:, 0], torch.zeros(1, TO, 16)))  # at the returned a
+    returned = F.rms_norm(actions[:, 0], (TP, DA))  # the returned actions, normalized as every energy input
+    assert torch.allclose(info["energy"], quadratic(returned, torch.zeros(1, TO, 16)))
     head.energy = _Quadratic(torch.zeros(1, TP, DA))
     head.energy.forward = lambda a, t, e=head.energy: (e.__setattr__("calls", e.calls + 1), 0 * a.sum((-1, -2)))[1]
     head.sample(torch.randn(1, TO, D), k=1, steps=20)  # a flat energy: gradient 0 <= min_grad after step 1

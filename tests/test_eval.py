@@ -161,6 +161,8 @@ def test_shards_merge_into_the_full_run(run, reference, tmp_path):
 
 
 def test_bad_input_is_one_clear_error_before_any_rollout(run, tmp_path, capsys):
+    import shutil
+
     from robopolicy.cli import main
     from robopolicy.eval.runner import Plan, evaluate
     from robopolicy.eval.suite import task_suite
@@ -169,16 +171,24 @@ def test_bad_input_is_one_clear_error_before_any_rollout(run, tmp_path, capsys):
              (["--checkpoint", str(run), "--task", "reachh"], "unknown task 'reachh'"),
              (["--suite", "memory", "--checkpoints", str(tmp_path)], "no checkpoint for task 'cue-reach'"),
              (["--checkpoint", str(tmp_path)], "not a policy checkpoint"),
-             (["--checkpoint", str(run), "--shard", "2/2"], "--shard takes i/n")]
+             (["--checkpoint", str(run), "--shard", "2/2"], "--shard takes i/n"),
+             (["--checkpoint", str(run), "--samples", "0"], "--samples and --workers must be >= 1"),
+             (["--checkpoint", str(run), "--seed-start", "-5"], "seed_start must be >= 0"),
+             (["--checkpoint", str(run), "--task", "cue-reach"], "trained on 'reach', not 'cue-reach'")]
     for args, message in cases:
         assert main(["eval", *args, "--out", str(tmp_path / "bad")]) == 2, args
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)  # one line, no traceback
-    # a checkpoint whose observations the task does not produce (reach's 39-d state vs cue-reach's 10-d)
+    assert not (tmp_path / "bad").exists()  # nothing started, nothing written
+    # a checkpoint that does not say where it was trained, whose observations the task does not produce
+    # (reach's 39-d state vs cue-reach's 10-d), is refused before any rollout, and the whole suite with it
+    anonymous = tmp_path / "anonymous"
+    shutil.copytree(run / "policy", anonymous)
+    (anonymous / "task.json").unlink()
     suite = task_suite("cue-reach", episodes=2)
     with pytest.raises(ConfigError, match="does not fit task 'cue-reach'.*'state' is"):
-        evaluate(Plan(suite, {"cue-reach": run / "policy"}), tmp_path / "mismatch", workers=1, progress=False)
-    assert not (tmp_path / "mismatch" / "episodes.jsonl").read_text()
+        evaluate(Plan(suite, {"cue-reach": anonymous}), tmp_path / "mismatch", workers=1, progress=False)
+    assert not (tmp_path / "mismatch").exists()
 
 
 def test_training_rolls_out_every_n_steps_into_tensorboard(tmp_path):

@@ -173,9 +173,11 @@ def test_train_cli_resume_after_sigkill_is_exact(tmp_path, workers):
     ("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=32"]),
     ("diffusion_image", ["policy.diffusion.down_dims=[16,32]", "policy.encoder.crop=14"])])
 def test_acting_on_a_batch_gives_each_row_exactly_what_it_gets_alone(tmp_path, name, extra):
-    """Bit for bit, per head: a row of a batch of 5 windows (K=3 candidates, its own generator) equals that
-    window acted on alone; CPU kernels change their arithmetic with the batch size, so without the
-    fixed act batch this fails (it does with act_batch=5 below)."""
+    """Bit for bit, per head: each row of a batch of 5 windows (its own generator; K=3 candidates where it has
+    evidence to choose with: executed past actions for PTP, queued actions for diffusion, always for EBT,
+    one candidate where it has none) equals that window acted on alone. (CPU kernels change their
+    arithmetic with the batch: measured here, the U-Net's last row of an unpadded batch of 4 differs from
+    the same row alone; act pads every call to 8 windows.)"""
     store = DemoStore.open(_store(tmp_path / "s.zarr", n=2, T=20, image=16 if name.endswith("image") else 0))
     from robopolicy.data.normalizer import Normalizer
 
@@ -183,19 +185,49 @@ def test_acting_on_a_batch_gives_each_row_exactly_what_it_gets_alone(tmp_path, n
     norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
     torch.manual_seed(0)
     policy = Policy(cfg, store.schema, norm).eval()
-    To = cfg.data.n_obs
-    windows = [Window({k: store.read(k, i, i + To) for k in policy.obs_keys}, t=i) for i in range(5)]
+    To, rng = cfg.data.n_obs, np.random.default_rng(1)
+    evidence = [{}, {"actions_at_past_frames": rng.uniform(-1, 1, (To - 1, 3)).astype(np.float32)},
+                {"queued": rng.uniform(-1, 1, (5, 3)).astype(np.float32)}, {},
+                {"actions_at_past_frames": rng.uniform(-1, 1, (To - 1, 3)).astype(np.float32),
+                 "queued": rng.uniform(-1, 1, (5, 3)).astype(np.float32)}]
+    windows = [Window({k: store.read(k, i, i + To) for k in policy.obs_keys}, t=i, **evidence[i]) for i in range(5)]
     seeds = [11, 12, 13, 14, 15]
-    gens = lambda: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    together = policy.act(windows, k=3, generators=gens())
+    together = policy.act(windows, k=3, generators=[torch.Generator().manual_seed(s) for s in seeds])
     for i in range(5):
         alone = policy.act([windows[i]], k=3, generators=[torch.Generator().manual_seed(seeds[i])])[0]
         assert np.array_equal(together[i].actions, alone.actions), i
-        assert (alone.scores is None) == (together[i].scores is None)
+        assert (alone.scores is None) == (together[i].scores is None) and alone.method == together[i].method
         if alone.scores is not None:
             assert np.array_equal(together[i].scores, alone.scores)
+    scored = [len(c.scores) if c.scores is not None else 1 for c in together]
+    assert scored == {"ebt": [3] * 5, "ptp": [1, 3, 1, 1, 3]}.get(name, [1, 1, 3, 1, 3]), scored
     assert not np.array_equal(together[0].actions, together[1].actions)
-    if name == "diffusion" and not extra:  # why act pads: unpadded, the U-Net's arithmetic moves with the batch
-        unpadded = policy.act(windows, k=3, generators=gens(), act_batch=5)  # 15 rows in one call
-        alone = [policy.act([w], k=3, generators=[g], act_batch=1)[0] for w, g in zip(windows, gens())]
-        assert any(not np.array_equal(u.actions, a.actions) for u, a in zip(unpadded, alone))
+
+
+def test_coherence_scores_candidates_against_the_queued_actions_aligned_by_timestep():
+    """Backward coherence: the queued action due now lines up with the chunk's current token (To-1)."""
+    from robopolicy import verify
+
+    To, H, Da = 3, 12, 2
+    candidates = torch.randn(1, 4, H, Da)
+    queued = candidates[0, 2, To - 1: To - 1 + 5].clone()  # candidate 2's actions from now on
+    scores = verify.scores("coherence", candidates, {}, 0, verify.Evidence(queued=queued), To)
+    assert scores.shape == (4,) and int(scores.argmin()) == 2 and float(scores[2]) == 0.0
+    shifted = candidates[0, 2, To: To + 5].clone()  # one step late: no candidate matches exactly
+    assert float(verify.scores("coherence", candidates, {}, 0, verify.Evidence(queued=shifted), To).min()) > 0
+
+
+def test_history_queues_the_plan_from_the_step_it_was_made_for():
+    from robopolicy.data.windows import History, WindowSpec
+
+    history = History(WindowSpec(2, 16), action_dim=1)
+    history.start({"state": np.zeros(1)})
+    plan = np.arange(9, dtype=np.float32)[:, None]  # planned for steps 0..8
+    history.plan(plan, t=0)
+    assert np.array_equal(history.window().queued, plan)
+    for t in range(3):
+        history.record(plan[t], {"state": np.zeros(1)})
+    assert np.array_equal(history.window().queued, plan[3:])  # due from step 3 on: not yet executed
+    for t in range(3, 9):
+        history.record(plan[t], {"state": np.zeros(1)})
+    assert history.window().queued is None  # the plan ran out

@@ -107,7 +107,8 @@ class EBTHead(nn.Module):
     def sample(self, cond: torch.Tensor, k: int = 1, generators=None, init: torch.Tensor | None = None,
                steps: int | None = None) -> tuple[torch.Tensor, dict]:
         """K candidates (B, K, Tp, Da) and info["energy"] / info["scores"] (B, K): each one's energy at the
-        actions returned (what is executed is what is scored; one more energy forward, no gradient).
+        actions returned, RMS-normalized as every energy input is (what is executed is what is scored; one
+        more energy forward, no gradient).
         ``generators``: one per row (each candidate's start drawn by itself); ``init`` (B, K, Tp, Da):
         start from these actions (warm start) instead of noise; ``steps``: the most gradient steps
         (default ``inference_steps``). Runs with autograd on, even inside inference_mode or no_grad."""
@@ -133,8 +134,8 @@ class EBTHead(nn.Module):
                 active &= grad.flatten(1).norm(dim=1) > cfg.min_grad
                 i += 1
             a, _, _, _ = self._step(a, v, tokens, i, steps, train=False)
-            with torch.no_grad():
-                energy = self.energy(a.detach(), tokens)  # at the returned actions, not the look-ahead point
+            with torch.no_grad():  # at the returned actions (not the look-ahead point), normalized as every
+                energy = self.energy(self._normalize(a.detach()), tokens)  # trajectory the net sees
         a, energy = rearrange(a.detach(), "(b k) t a -> b k t a", k=k), rearrange(energy.detach(), "(b k) -> b k", k=k)
         return a, {"energy": energy, "scores": energy}
 

@@ -188,6 +188,8 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
 
     policy = Policy(cfg, data.schema, data.normalizer).to(device)
     policy.task = data.task
+    if cfg.eval.every > 0:
+        _eval_suite(cfg, policy)  # a typo in eval.suite fails now, not hours in
     if data.encoder_weights is not None:
         policy.encoder.load_state_dict(data.encoder_weights)
         assert encoder_hash(policy) == data.encoder_hash, "the frozen encoder differs from the cache's"
@@ -255,7 +257,9 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or evaluate_now:
                 _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer)
             if evaluate_now and writer:
-                _periodic_eval(cfg, policy, out, step, tb, log, bar)
+                # a fork of the RNG: loading the policy draws from it, and a resumed run must draw as this one
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    _periodic_eval(cfg, policy, out, step, tb, log, bar)
                 meter.t = time.perf_counter()
             if step >= cfg.train.steps:
                 break
@@ -271,21 +275,27 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
     return out / "policy"
 
 
-def _periodic_eval(cfg: Config, policy: Policy, out: Path, step: int, tb, log, bar) -> dict[str, float]:
-    """Roll out the EMA weights just checkpointed (``out/policy``) on ``cfg.eval``'s suite; success per task
-    to TensorBoard and log.jsonl. Records stay in ``out/evals/step-N`` (a later run resumes them)."""
-    from robopolicy.eval.report import summarize
-    from robopolicy.eval.runner import Plan, evaluate, read_records, resolve_checkpoints
+def _eval_suite(cfg: Config, policy: Policy):
+    """The suite ``eval.every`` rolls out on (checked when training starts, not at step N)."""
     from robopolicy.eval.suite import load_suite, task_suite
 
     overrides = {"episodes": cfg.eval.episodes}
     if cfg.eval.suite:
-        suite = load_suite(cfg.eval.suite, **overrides)
-    elif policy.task and policy.task.get("task"):
-        suite = task_suite(policy.task["task"], "image" if any(policy.schema[k].is_image for k in policy.obs_keys)
-                           else "state", **overrides)
-    else:
-        raise ConfigError("eval.every is set but the training store names no task: set eval.suite")
+        return load_suite(cfg.eval.suite, **overrides)
+    if policy.task and policy.task.get("task"):
+        return task_suite(policy.task["task"], "image" if any(policy.schema[k].is_image for k in policy.obs_keys)
+                          else "state", **overrides)
+    raise ConfigError("eval.every is set but the training store names no task: set eval.suite")
+
+
+def _periodic_eval(cfg: Config, policy: Policy, out: Path, step: int, tb, log, bar) -> dict[str, float]:
+    """Roll out the EMA weights just checkpointed (``out/policy``) on ``cfg.eval``'s suite; success per task
+    to TensorBoard and log.jsonl. Records stay in ``out/evals/step-N``. Rank 0 only: under DDP the other
+    processes wait at their next all-reduce, so keep these short there."""
+    from robopolicy.eval.report import summarize
+    from robopolicy.eval.runner import Plan, evaluate, read_records, resolve_checkpoints
+
+    suite = _eval_suite(cfg, policy)
     folder = evaluate(Plan(suite, resolve_checkpoints(suite, str(out / "policy"), None), k=cfg.eval.samples),
                       out / "evals" / f"step-{step}", workers=cfg.eval.workers, device=cfg.train.device,
                       progress=False)
