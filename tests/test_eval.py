@@ -66,6 +66,10 @@ def test_per_episode_results_are_identical_for_1_2_and_4_workers(run, reference,
     assert len(reference) == EPISODES and 0.2 <= rate <= 0.8, rate  # a policy that always fails proves nothing
     for workers in (1, 4):
         assert _results(evaluate(_plan(run), tmp_path / f"w{workers}", workers=workers, progress=False)) == reference
+    # with K=2 candidates chosen by the verifier (coherence with the queued actions), too
+    k2 = [_results(evaluate(_plan(run, episodes=4, k=2), tmp_path / f"k2w{w}", workers=w, progress=False))
+          for w in (1, 2)]
+    assert k2[0] == k2[1] and k2[0] != {key: reference[key] for key in k2[0]}  # K=2 changed what was executed
 
 
 def test_smoke_suite_from_the_command_line_with_2_workers(run, tmp_path):
