@@ -1,6 +1,6 @@
 """Wall-clock of every shipped evaluation suite on this machine, with small policies trained here.
 
-    python benchmarks/suite_wallclock.py OUT_DIR [SUITE ...] [--workers 2]
+    python benchmarks/suite_wallclock.py OUT_DIR [SUITE ...] [--workers 2] [--prepare-only]
 
 For each task of a suite: 20 expert demos (the suite's observations) and a small diffusion policy
 trained briefly (what it scores is not the point: how long the suite takes is, and failing policies
@@ -44,7 +44,8 @@ def prepare(task: str, obs: str, out: Path) -> float:
 
 
 def main(argv: list[str]) -> None:
-    workers = 2
+    workers, prepare_only = 2, "--prepare-only" in argv
+    argv = [a for a in argv if a != "--prepare-only"]
     if "--workers" in argv:
         i = argv.index("--workers")
         workers, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
@@ -59,6 +60,9 @@ def main(argv: list[str]) -> None:
     for name in suites:
         suite = load_suite(name)
         prep = sum(prepare(task, suite.obs, out) for task in suite.tasks)
+        if prepare_only:
+            print(f"{name}: policies ready ({prep / 60:.1f} min)", flush=True)
+            continue
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "robopolicy.cli", "eval", "--suite", name, "--checkpoints",
                str(out / "policies" / suite.obs), "--workers", str(workers), "--out", str(out / "evals" / name),
