@@ -290,7 +290,7 @@ def test_check21_the_trajectory_is_detached_at_each_step(head_class, holds):
 def test_check23_exactly_two_inference_steps_and_early_stop_when_allowed_more():
     """Energy-gradient steps are the energy calls with autograd on; one more call, without, scores the
     actions returned (what is executed is what is scored)."""
-    head = _head()
+    head = _head(step_size=0.05)  # a step the quadratic stays finite under
     quadratic = head.energy = _Quadratic(torch.zeros(1, TP, DA))
     grad_on = []
     head.energy.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))

@@ -196,20 +196,23 @@ def test_bad_input_is_one_clear_error_before_any_rollout(run, tmp_path, capsys):
 
 
 def test_training_rolls_out_every_n_steps_into_tensorboard(tmp_path):
-    """eval.every: rollouts of the EMA weights at those steps, success in log.jsonl and TensorBoard."""
+    """eval.every: rollouts of the EMA weights at those steps, success in log.jsonl and TensorBoard (and the
+    validation loss at the checkpoints they make)."""
     from robopolicy.collect import collect
     from robopolicy.config import load_config
     from robopolicy.train.trainer import train
 
-    store, _, _ = collect("reach", 4, tmp_path / "reach.zarr", progress=False)
+    store, _, _ = collect("reach", 10, tmp_path / "reach.zarr", progress=False)  # 1 held out
     store.close()
     cfg = load_config("diffusion", ["train.steps=20", "train.log_every=10", "data.batch_size=16",
                                     "policy.diffusion.down_dims=[16,32]", "eval.every=10", "eval.suite=smoke",
-                                    "eval.episodes=2", "eval.workers=1"])
+                                    "eval.episodes=1", "eval.workers=1"])
     train(cfg, tmp_path / "reach.zarr", tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_success" in r]
     assert [r["step"] for r in evals] == [10, 20] and all(set(r["eval_success"]) == {"reach"} for r in evals)
+    val = [r for r in rows if "val_loss" in r]  # the held-out episodes' loss at each checkpoint
+    assert [r["step"] for r in val] == [10, 20] and all(0 < r["val_loss"] < 10 for r in val)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))

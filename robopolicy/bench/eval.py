@@ -32,7 +32,7 @@ def _policy(out: Path, quick: bool):
     if not (run / "policy" / "model.safetensors").exists():
         store, _, _ = collect("reach", 4 if quick else 20, out / "reach.zarr", progress=False)
         store.close()
-        steps = 20 if quick else 200
+        steps = 10 if quick else 200
         train(load_config("diffusion", SMALL + [f"train.steps={steps}", "train.optim.warmup_steps=5"]),
               out / "reach.zarr", run, resume=run.exists(), progress=not quick)
     return Policy.load(run / "policy")
@@ -49,7 +49,7 @@ def run_eval_bench(checkpoint: str | None = None, task: str = "reach", episodes:
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="robopolicy-bench-eval-"))
     out.mkdir(parents=True, exist_ok=True)
     if quick:
-        episodes = min(episodes, 2)
+        episodes = min(episodes, 1)
     policy = Policy.load(checkpoint) if checkpoint else _policy(out, quick)
     spec = env_spec_for(policy, task, "image" if any(policy.schema[k].is_image for k in policy.obs_keys)
                         else "state")

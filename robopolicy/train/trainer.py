@@ -2,8 +2,8 @@
 
 Output folder: ``policy/`` (the EMA weights: what evaluation and serving load), ``last/`` (the
 raw weights), ``train_state.pt`` (optimizer, LR schedule, EMA, step, RNG: loaded with
-weights_only=True) and ``log.jsonl`` (loss; ``val_loss`` on the episodes ``data.val_fraction``
-holds out, which are never trained on: every figure so far trained on 45 of 50 demos). Batch order
+weights_only=True) and ``log.jsonl`` (loss; at checkpoints ``val_loss`` on the episodes
+``data.val_fraction`` holds out, which are never trained on: every figure so far trained on 45 of 50 demos). Batch order
 is a function of (seed, epoch), in RAM or streamed by worker processes, so a resumed run replays
 exactly the batches the interrupted one would have seen.
 """
@@ -242,20 +242,22 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
                 rate, wait = meter.read(step, cfg.data.batch_size * world)
                 row = {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0], "samples_s": rate,
                        "data_wait": wait}
-                if data.val is not None:  # the held-out episodes (data.val_fraction): logged, never trained on
-                    row["val_loss"] = validation_loss(policy, data.val, device, cfg.data.batch_size, bf16)
-                    meter.t = time.perf_counter()  # its time is not training time
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}", data_wait=f"{wait:.0%}")
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if tb is not None:
                     for key in ("loss", "lr", "samples_s", "data_wait"):
                         tb.add_scalar(f"train/{key}", row[key], step)
-                    if "val_loss" in row:
-                        tb.add_scalar("val/loss", row["val_loss"], step)
             evaluate_now = cfg.eval.every > 0 and step % cfg.eval.every == 0
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or evaluate_now:
                 _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer)
+                if writer and data.val is not None:  # the held-out episodes: logged at checkpoints, never trained on
+                    val = validation_loss(policy, data.val, device, cfg.data.batch_size, bf16)
+                    log.write(json.dumps({"step": step, "val_loss": val}) + "\n")
+                    log.flush()
+                    if tb is not None:
+                        tb.add_scalar("val/loss", val, step)
+                    meter.t = time.perf_counter()  # its time is not training time
             if evaluate_now and writer:
                 # a fork of the RNG: loading the policy draws from it, and a resumed run must draw as this one
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
