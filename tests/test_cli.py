@@ -50,6 +50,7 @@ def test_bench_train_runs_and_prints_ratios():
     assert calls == {"DDIM-10": "10", "DDPM-100": "100", "PTP": "10", "EBT-2": "2+1"}  # check 26 (+1: the score)
 
 
+@pytest.mark.slow  # a minute: two trainings and three evaluations, run twice
 def test_bench_history_trains_both_contexts_evaluates_and_resumes(tmp_path):
     result = run_cli("bench", "history", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
