@@ -160,9 +160,12 @@ def test_train_cli_resume_after_sigkill_is_exact(tmp_path, workers):
     assert a["step"] == b["step"] == 60
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
-    losses = [{r["step"]: r["loss"] for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
-               if r["step"] > cut} for run in ("full", "cut")]
+    rows = {run: [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+            for run in ("full", "cut")}
+    losses = [{r["step"]: r["loss"] for r in rows[run] if "loss" in r and r["step"] > cut} for run in ("full", "cut")]
     assert len(losses[0]) >= 10 and all(losses[1][k] == v for k, v in losses[0].items())  # the next 50 steps
+    val = [{r["step"]: r["val_loss"] for r in rows[run] if "val_loss" in r and r["step"] > cut} for run in rows]
+    assert val[0] and val[0] == val[1]  # the held-out loss at the checkpoints after the kill, equal too
     again = run_cli(*args, "--out", str(tmp_path / "full"))
     assert again.returncode == 2 and "--resume" in again.stderr
 
