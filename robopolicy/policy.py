@@ -199,10 +199,6 @@ class Policy(nn.Module):
         return verify.Evidence(normalized(window.actions_at_past_frames, "actions_at_past_frames",
                                           self.cfg.data.n_obs - 1), normalized(window.queued, "queued"))
 
-    def neutral_action(self) -> np.ndarray:
-        """The middle of the action range: what "no action yet" means (0 in normalized action space)."""
-        return self.normalizer.unnormalize(self.cfg.data.action_key, np.zeros(self.action_dim, np.float32))
-
     # ------------------------------------------------------------ checkpoints
     def save(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
         from omegaconf import OmegaConf
