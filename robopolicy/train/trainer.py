@@ -172,10 +172,20 @@ def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: b
     if out.exists() and not resume and any(out.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     device = _device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
-    if world > 1 and not dist.is_initialized():
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, store_path, out, resume, progress, embeddings, device, rank, world)
+    finally:
+        if owns_group:  # a group left to the interpreter's exit kills gloo's threads mid-flight (SIGABRT)
+            dist.destroy_process_group()
+
+
+def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, embeddings, device: torch.device,
+           rank: int, world: int) -> Path:
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
     data = _data(cfg, store_path, embeddings)
     cfg = data.cfg
