@@ -13,7 +13,6 @@ recorded as a failure with its error. Resuming or merging refuses a different ch
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -24,16 +23,9 @@ import numpy as np
 
 from robopolicy.errors import ConfigError
 from robopolicy.eval.suite import Suite
+from robopolicy.policy import checkpoint_hash
 
 RECORDS = "episodes.jsonl"
-
-
-def checkpoint_hash(folder: str | Path) -> str:
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "config.yaml", "schema.json", "task.json"):
-        if (Path(folder) / name).is_file():
-            h.update((Path(folder) / name).read_bytes())
-    return h.hexdigest()[:16]
 
 
 def env_spec_for(policy, task: str, obs: str) -> dict:

@@ -57,6 +57,60 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from robopolicy.eval.runner import checkpoint_folder
+    from robopolicy.policy import Policy, checkpoint_hash
+    from robopolicy.serve.server import PolicyServer, ServerConfig, check_bind, read_token
+    from robopolicy.train.trainer import _device
+
+    token = read_token(args.token_file)
+    check_bind(args.host, token)  # before loading anything: a refused bind costs nothing
+    folder = checkpoint_folder(args.checkpoint)
+    if folder is None:
+        raise RobopolicyError(f"{args.checkpoint}: not a policy checkpoint (no model.safetensors, nor in policy/)")
+    policy = Policy.load(folder, map_location=str(_device(args.device)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = PolicyServer(policy, ServerConfig(args.host, args.port, token), checkpoint_hash(folder))
+    print(f"serving {folder} ({policy.cfg.policy.head}) on ws://{args.host}:{args.port}  (health: "
+          f"http://{args.host}:{args.port}/healthz; SIGTERM or Ctrl-C drains and exits)", flush=True)
+    asyncio.run(server.serve())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from robopolicy import envs
+    from robopolicy.serve.client import RemoteLink
+    from robopolicy.serve.loop import LoopConfig
+    from robopolicy.serve.run import run
+    from robopolicy.serve.server import read_token
+
+    if args.strategy == "rtc":
+        raise RobopolicyError("--strategy rtc needs the heads' known-actions contract, which is not built yet: "
+                              "use replan or ensemble")
+    if args.episodes < 1 or args.samples < 1:
+        raise RobopolicyError("--episodes and --samples must be >= 1")
+    link = RemoteLink(args.server, read_token(args.token_file))
+    try:
+        cfg = LoopConfig(strategy=args.strategy, k=args.samples, inject_latency_s=args.inject_latency / 1000,
+                         ttl_s=args.ttl)
+        seeds = list(envs.eval_seeds(args.episodes, args.seed_start))
+        result = run(link, args.robot, seeds, cfg, lockstep=args.lockstep, out=args.out, progress=not args.quiet)
+    finally:
+        link.close()
+    from robopolicy.serve.run import summary
+
+    s = summary(result.episodes, 1000 / link.metadata["control_hz"])
+    print(f"success {s['success_rate']:.2f} over {s['episodes']} episodes; misses {s['misses']} of {s['ticks']} "
+          f"ticks ({s['miss_rate']:.2%}); round trip p50 {s['round_trip_ms']['p50'] or 0:.1f} ms"
+          + (f"; report in {result.out}" if result.out else ""))
+    if result.stopped:
+        print(f"robopolicy: the arm was stopped ({result.stopped}); the run ended early", file=sys.stderr)
+    return result.exit_code
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from robopolicy import envs
 
@@ -306,6 +360,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the report (default: the first folder)")
     p.add_argument("--video", type=int, default=0, help="mp4s of this many successes and failures per task")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="serve a policy over a websocket (robopolicy's loop, openpi's client)",
+                       description="Serve a checkpoint: websocket + msgpack (typed arrays, never pickle), "
+                                   "wire-compatible with openpi's client; inference off the event loop, batched "
+                                   "across connections. Binds 127.0.0.1 unless told otherwise; any other bind "
+                                   "needs --token-file. GET /healthz answers while chunks are computed.")
+    p.add_argument("--checkpoint", required=True, help="policy folder (RUN/policy or RUN)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--token-file", help="file holding the token clients must send (Authorization: Api-Key ...)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("run", help="drive an arm with a served policy at its control rate",
+                       description="The robot-side control loop: absolute deadlines, asynchronous inference, "
+                                   "stale actions dropped, the safety shield around the arm; writes a run report "
+                                   "(jitter, round trips, misses, scores, success). Exit code 3: the arm was "
+                                   "stopped (server lost, time-to-live expired) and the run ended early.")
+    p.add_argument("--server", required=True, help="ws://host:port of `robopolicy serve`")
+    p.add_argument("--token-file", help="the server's token")
+    p.add_argument("--robot", required=True, help="sim:<task> (a task of `robopolicy tasks`)")
+    p.add_argument("--strategy", default="replan", choices=("replan", "ensemble", "rtc"),
+                   help="chunk execution (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes (default: %(default)s)")
+    p.add_argument("--seed-start", type=int, default=0, help="offset into the evaluation seeds (default: 0)")
+    p.add_argument("--samples", type=int, default=1, help="K candidates per chunk, the verifier picks")
+    p.add_argument("--inject-latency", type=float, default=0.0, help="ms added to every round trip")
+    p.add_argument("--ttl", type=float, default=0.5, help="seconds a command stays valid: the arm stops this long "
+                   "after the last one (default: %(default)s)")
+    p.add_argument("--lockstep", action="store_true", help="simulated time (deterministic) instead of the wall "
+                   "clock: sims only")
+    p.add_argument("--out", help="report folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")

@@ -7,6 +7,7 @@ Loading is strict: a missing, unexpected or differently shaped tensor is one Con
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ class ActionChunk:
     scores: np.ndarray | None = None  # (K,) the verifier's score of each candidate, lower is better
     method: str | None = None  # what scored them: "score" (the head's own: EBT energy), "past", "coherence"
     chosen: int = 0  # the candidate executed
+
+
+def checkpoint_hash(folder: str | Path) -> str:
+    """What identifies a checkpoint in evaluation records and a server's metadata: its files' sha256."""
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "config.yaml", "schema.json", "task.json"):
+        if (Path(folder) / name).is_file():
+            h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
@@ -136,6 +146,8 @@ class Policy(nn.Module):
         generators = [None] * len(windows) if generators is None else list(generators)
         if len(generators) != len(windows):
             raise ConfigError(f"{len(generators)} generators for {len(windows)} windows: pass one per window")
+        for w in windows:
+            self.check_window(w)
         evidence = [self._evidence(w) for w in windows]
         how = [verify.method(self.head, e) for e in evidence]
         chunks: list[ActionChunk | None] = [None] * len(windows)
@@ -161,26 +173,46 @@ class Policy(nn.Module):
         return ActionChunk(plan[: self.cfg.data.n_action_steps], window.t, plan,
                            None if scores is None else scores.float().cpu().numpy(), how, best)
 
-    def _obs_batch(self, windows: list[Window]) -> dict[str, torch.Tensor]:
-        """Windows -> the normalized (B, To, ...) batch the encoder and head take (as the loaders build it)."""
+    def check_window(self, w: Window) -> None:
+        """ConfigError naming what is wrong with a window this policy cannot act on (keys, shapes, dtypes,
+        non-finite values); a server checks each request with it before batching it with others."""
         To = self.cfg.data.n_obs
-        for w in windows:
-            for key in self.obs_keys:
-                if key not in w.obs:
-                    raise ConfigError(f"the observation lacks {key!r} (has {sorted(w.obs)}); this policy reads "
-                                      f"{self.obs_keys}")
-                want = (To, *self.schema[key].shape)
-                if np.shape(w.obs[key]) != want:
-                    raise ConfigError(f"observation {key!r}: window shape {np.shape(w.obs[key])}, this policy "
-                                      f"takes {want} (To={To} frames of {self.schema[key].shape})")
+        for key in self.obs_keys:
+            if key not in w.obs:
+                raise ConfigError(f"the observation lacks {key!r} (has {sorted(w.obs)}); this policy reads "
+                                  f"{self.obs_keys}")
+            x, field = w.obs[key], self.schema[key]
+            want = (To, *field.shape)
+            if np.shape(x) != want:
+                raise ConfigError(f"observation {key!r}: window shape {np.shape(x)}, this policy takes {want} "
+                                  f"(To={To} frames of {field.shape})")
+            kind = np.asarray(x).dtype.kind
+            if field.is_image and np.asarray(x).dtype != np.uint8:
+                raise ConfigError(f"observation {key!r}: images are uint8 HWC, got {np.asarray(x).dtype}")
+            if kind not in "biuf":
+                raise ConfigError(f"observation {key!r}: dtype {np.asarray(x).dtype} is not a number")
+            if kind == "f" and not np.isfinite(x).all():
+                raise ConfigError(f"observation {key!r} holds NaN or inf")
+        rows = {"actions_before_frames": To, "actions_at_past_frames": To - 1, "queued": None}
+        for name, n in rows.items():
+            a = getattr(w, name)
+            if a is None:
+                continue
+            a = np.asarray(a)
+            if a.ndim != 2 or a.shape[1] != self.action_dim or (n is not None and len(a) != n):
+                raise ConfigError(f"{name} must be ({n if n is not None else 'L'}, {self.action_dim}), got "
+                                  f"{a.shape}")
+            if a.dtype.kind not in "fiu" or (name != "actions_before_frames" and not np.isfinite(a).all()):
+                raise ConfigError(f"{name} must hold finite numbers")  # NaN rows before frames: none executed
+        if self.cfg.data.past_act and w.actions_before_frames is None:
+            raise ConfigError("this policy takes the actions executed before each frame as input: build "
+                              f"windows with History, or pass actions_before_frames ({To}, {self.action_dim})")
+
+    def _obs_batch(self, windows: list[Window]) -> dict[str, torch.Tensor]:
+        """Checked windows -> the normalized (B, To, ...) batch the encoder and head take (as the loaders do)."""
         obs = self.normalized_obs({k: np.stack([w.obs[k] for w in windows]) for k in self.obs_keys})
         if self.cfg.data.past_act:
-            if any(w.actions_before_frames is None for w in windows):
-                raise ConfigError("this policy takes the actions executed before each frame as input: build "
-                                  f"windows with History, or pass actions_before_frames ({To}, {self.action_dim})")
             before = np.stack([w.actions_before_frames for w in windows]).astype(np.float32)
-            if before.shape[1:] != (To, self.action_dim):
-                raise ConfigError(f"actions_before_frames must be ({To}, {self.action_dim}), got {before.shape[1:]}")
             before = self.normalizer.normalize(self.cfg.data.action_key, before)
             before[np.isnan(before)] = 0.0  # no action executed yet: the neutral one, as in training
             obs[PAST_ACT] = torch.as_tensor(before, device=self.device)

@@ -32,6 +32,23 @@ def tree_snapshot(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="session")
+def reach_run(tmp_path_factory):
+    """A reach policy trained briefly on 20 expert demos (about 30 s on 2 cores); its success lies between 0.2
+    and 0.8 (test_eval asserts it). Evaluation and serving tests share it."""
+    from robopolicy.collect import collect
+    from robopolicy.config import load_config
+    from robopolicy.train.trainer import train
+
+    folder = tmp_path_factory.mktemp("reach")
+    store, _, _ = collect("reach", 20, folder / "reach.zarr", progress=False)
+    store.close()
+    cfg = load_config("diffusion", ["train.steps=200", "policy.diffusion.down_dims=[32,64,128]", "data.batch_size=32",
+                                    "train.log_every=100", "train.tensorboard=false"])
+    train(cfg, folder / "reach.zarr", folder / "run", progress=False)
+    return folder / "run"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -20,19 +20,8 @@ EPISODES = 8
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A reach policy trained briefly on 20 expert demos (about 30 s on 2 cores)."""
-    from robopolicy.collect import collect
-    from robopolicy.config import load_config
-    from robopolicy.train.trainer import train
-
-    folder = tmp_path_factory.mktemp("eval")
-    store, _, _ = collect("reach", 20, folder / "reach.zarr", progress=False)
-    store.close()
-    cfg = load_config("diffusion", ["train.steps=200", "policy.diffusion.down_dims=[32,64,128]", "data.batch_size=32",
-                                    "train.log_every=100", "train.tensorboard=false"])
-    train(cfg, folder / "reach.zarr", folder / "run", progress=False)
-    return folder / "run"
+def run(reach_run):
+    return reach_run
 
 
 def _plan(run, episodes=EPISODES, k=1, shard=(0, 1), **suite):

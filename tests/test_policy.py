@@ -130,7 +130,8 @@ def test_checkpoint_roundtrip_and_strict_loading(tmp_path):
         Policy.load(tmp_path)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+# streamed (workers=1) is slow: forkserver workers start per epoch; the in-memory loader runs by default
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_train_cli_resume_after_sigkill_is_exact(tmp_path, workers):
     import json
     import signal

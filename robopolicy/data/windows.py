@@ -117,6 +117,7 @@ class Window:
     actions_before_frames: np.ndarray | None = None  # (To, Da) raw; NaN rows: none executed yet (neutral action)
     actions_at_past_frames: np.ndarray | None = None  # (To-1, Da) raw, once the history reaches the first frame
     queued: np.ndarray | None = None  # (L, Da) raw: the previous chunk's planned actions due from t on
+    steps: np.ndarray | None = None  # (To,) the episode step of each frame (a live loop stamps them with times)
 
 
 @dataclass
@@ -167,4 +168,4 @@ class History:
         queued = None
         if self._plan is not None and 0 <= t - self._plan_t < len(self._plan):
             queued = self._plan[t - self._plan_t:]
-        return Window(obs, t, before, at_past, queued)
+        return Window(obs, t, before, at_past, queued, index.obs[0].copy())

@@ -1,0 +1,128 @@
+"""Inference off the event loop: one thread runs the policy; requests that arrive together share a call.
+
+The server's event loop only decodes, checks and answers; ``submit`` hands a checked request to this
+thread and returns an asyncio future. The thread takes every request waiting when it becomes free and
+acts on them in one batched ``Policy.act`` (per value of K), which gives each row exactly what it would
+get alone, so batching never changes an answer. A request the policy refuses fails alone: the batch is
+checked row by row first.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from robopolicy.data.windows import Window
+from robopolicy.errors import RobopolicyError
+from robopolicy.policy import ACT_BATCH, ActionChunk, Policy
+
+log = logging.getLogger("robopolicy.serve")
+
+
+@dataclass
+class Job:
+    window: Window
+    k: int
+    generator: torch.Generator
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Done:
+    chunk: ActionChunk
+    generator: torch.Generator  # advanced by this chunk's draws (a stateless client sends it back next time)
+    queue_ms: float  # waiting for the inference thread
+    infer_ms: float  # the batched call this job was part of
+    batch: int  # rows in that call
+
+
+class InferenceEngine:
+    """The policy on its own thread. ``submit`` (from the event loop) -> future of Done."""
+
+    def __init__(self, policy: Policy, max_batch: int = ACT_BATCH):
+        self.policy, self.max_batch = policy, max_batch
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._busy = 0  # jobs submitted and not yet answered
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="robopolicy-inference", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def submit(self, window: Window, k: int, generator: torch.Generator) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._busy += 1
+        self._jobs.put(Job(window, k, generator, future, loop))
+        return future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)  # EBT turns it on where it needs it
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            jobs = [first]
+            while len(jobs) < self.max_batch:  # whatever else is already waiting joins this call
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._jobs.put(None)
+                    break
+                jobs.append(nxt)
+            for k in sorted({j.k for j in jobs}):
+                self._act([j for j in jobs if j.k == k], k)
+
+    def _act(self, jobs: list[Job], k: int) -> None:
+        ok = []
+        for job in jobs:  # a window the policy refuses is that request's error, not its batch-mates'
+            try:
+                self.policy.check_window(job.window)
+                ok.append(job)
+            except RobopolicyError as e:
+                self._answer(job, error=e)
+        if not ok:
+            return
+        t0 = time.perf_counter()
+        try:
+            chunks = self.policy.act([j.window for j in ok], k=k, generators=[j.generator for j in ok])
+        except Exception as e:  # noqa: BLE001 - the server stays up; each caller gets a one-line error
+            log.exception("inference failed")
+            for job in ok:
+                self._answer(job, error=e)
+            return
+        infer_ms = (time.perf_counter() - t0) * 1000
+        for job, chunk in zip(ok, chunks):
+            self._answer(job, Done(chunk, job.generator, (t0 - job.queued_at) * 1000, infer_ms, len(ok)))
+
+    def _answer(self, job: Job, done: Done | None = None, error: Exception | None = None) -> None:
+        with self._lock:
+            self._busy -= 1
+
+        def deliver():
+            if job.future.done():  # the connection went away meanwhile
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(done)
+        try:
+            job.loop.call_soon_threadsafe(deliver)
+        except RuntimeError:  # the event loop has closed: nobody waits for this answer
+            pass

@@ -1,0 +1,259 @@
+"""``robopolicy run``: the robot-side control loop. One loop for sim and real arms.
+
+Each tick, on an absolute deadline t0 + s * period of the loop's clock:
+  read the (shielded) arm's state, stamped at acquisition -> record the action executed last tick ->
+  take any reply that has arrived (by request id; late or stale ones are dropped) -> ask for the next
+  chunk when the scheduler says so (never waiting for it) -> command the action due now, or hold.
+Inference is asynchronous: requests go through a link (a thread), replies are picked up on later ticks.
+The delay in ticks is estimated from recent round trips (warm-up calls discarded). A tick that wakes
+more than half a period late is a miss; after ``max_misses`` in a row the arm holds, after twice that
+it stops. When the server is lost the queue runs out, the arm holds, and the shield stops it once the
+last command's time-to-live has expired; the episode ends with that reason, never a traceback.
+
+On a lockstep clock the loop is deterministic: a reply becomes visible ``inject_latency`` after its
+request in simulated time, and the loop waits (in real time) for it then. At zero latency the replan
+strategy executes exactly what ``robopolicy eval`` executes, action for action.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from robopolicy.data.windows import History, WindowSpec
+from robopolicy.errors import ConfigError
+from robopolicy.serve import protocol
+from robopolicy.serve.scheduler import Scheduler
+
+
+@dataclass
+class LoopConfig:
+    strategy: str = "replan"
+    k: int = 1  # candidates per chunk (the verifier picks)
+    ttl_s: float = 0.5  # how long a policy command stays valid: the arm stops this long after the last one
+    inject_latency_s: float = 0.0  # added to every round trip (the latency x strategy table)
+    max_misses: int = 5  # consecutive late ticks before the arm holds (twice as many: it stops)
+    warmup: int = 2  # requests before the first episode whose latency is not counted
+    reply_timeout_s: float = 10.0
+    latency_window: int = 20  # round trips the delay estimate looks at (their maximum)
+
+
+@dataclass
+class RunEpisode:
+    seed: int | None
+    success: bool = False
+    length: int = 0
+    actions_hash: str = ""
+    ended: str = ""  # "done" (the task's end), "stop:<reason>" (the shield stopped the arm), "lost"
+    misses: int = 0  # ticks more than half a period late
+    starved: int = 0  # ticks with no action due: the arm held
+    dropped: int = 0  # actions that arrived after they were due
+    late_replies: int = 0  # replies to a request that had been superseded
+    lateness_ms: list[float] = field(default_factory=list)  # per tick: wake-up time - deadline
+    round_trip_ms: list[float] = field(default_factory=list)  # per chunk
+    server_ms: list[float] = field(default_factory=list)
+    delay_ticks: list[int] = field(default_factory=list)
+    scores: list[list[float] | None] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)
+    method: str | None = None
+    shield: dict = field(default_factory=dict)
+    # the last hold before a stop (the server lost): from the tick the queue ran out to the stop
+    hold_drift_mm: float | None = None  # end-effector travel
+    hold_setpoint_mm: float | None = None  # travel of the setpoint the arm's controller tracks
+    hold_settled_mm: float | None = None  # end-effector travel over the hold's last quarter (still moving?)
+    stop_after_ttl_ticks: int | None = None  # ticks between the TTL expiring and the arm stopping
+    actions: np.ndarray | None = None
+
+    def record(self) -> dict:
+        out = {k: v for k, v in vars(self).items() if k != "actions"}
+        out["lateness_ms"] = [round(x, 3) for x in self.lateness_ms]
+        return out
+
+
+class ControlLoop:
+    def __init__(self, arm, link, clock, cfg: LoopConfig):
+        """``arm``: a SafetyShield around a driver; ``link``: RemoteLink or LocalLink; ``clock``: Wall/Lockstep."""
+        self.arm, self.link, self.clock, self.cfg = arm, link, clock, cfg
+        meta = link.metadata
+        hz = meta.get("control_hz")
+        if not hz:
+            raise ConfigError("the policy's checkpoint names no control rate; retrain from a store that has one")
+        driver_hz = 1e9 / arm.driver.period_ns if hasattr(arm.driver, "period_ns") else hz
+        if abs(driver_hz - hz) > 1e-6 * hz:
+            raise ConfigError(f"the policy runs at {hz} Hz, the arm at {driver_hz} Hz: resampling between rates "
+                              "is the action-space adapters' job (not available yet)")
+        if meta.get("action_semantics") and list(meta["action_semantics"]) != list(arm.action_semantics):
+            raise ConfigError(f"the policy commands {meta['action_semantics']}, the arm takes "
+                              f"{list(arm.action_semantics)}")
+        self.period_ns = int(round(1e9 / hz))
+        self.spec = WindowSpec(meta["n_obs"], meta["horizon"], meta["stride"])
+        self.obs_keys, self.action_dim = list(meta["obs_keys"]), meta["action_dim"]
+        self.scheduler = Scheduler(cfg.strategy, meta["n_action_steps"])
+        self.round_trips: list[int] = []  # ns, after the warm-up
+        self._rid = 0
+        self._warm = False
+
+    # ------------------------------------------------------------------ requests
+    def _request(self, history: History, times: list[int], rng: np.ndarray) -> dict:
+        w = history.window(self.obs_keys)
+        self._rid += 1
+        return protocol.act_request(w, self._rid, self.cfg.k, rng=rng, obs_times_ns=[times[i] for i in w.steps])
+
+    def delay(self) -> int:
+        """Ticks between a request and its reply, from the largest recent round trip."""
+        if self.clock.lockstep:
+            return math.ceil(round(self.cfg.inject_latency_s * 1e9) / self.period_ns)
+        recent = self.round_trips[-self.cfg.latency_window:]
+        return math.ceil(max(recent) / self.period_ns) if recent else 1
+
+    def _wait(self, rid: int) -> dict | None:
+        reply = self.link.wait(rid, self.cfg.reply_timeout_s)
+        if reply is not None and reply.get("type") == "error":
+            raise ConfigError(f"the server refused the request: {reply['message']}")
+        return reply
+
+    # ------------------------------------------------------------------ one episode
+    def run_episode(self, seed: int | None, max_steps: int | None = None) -> RunEpisode:
+        cfg, arm, clock, P = self.cfg, self.arm, self.clock, self.period_ns
+        ep = RunEpisode(seed)
+        history = History(self.spec, self.action_dim)
+        self.scheduler.reset()
+        rng = torch.Generator().manual_seed(0 if seed is None else int(seed)).get_state().numpy()
+        state = arm.start_episode(seed)
+        history.start(state.obs)
+        times = [state.t_ns]
+        if not self._warm and not clock.lockstep:  # warm-up calls: caches, allocators; their latency is noise
+            for _ in range(cfg.warmup):
+                self.link.submit(self._request(history, times, rng))
+                self._wait(self._rid)
+            self._warm = True
+        # the first chunk is waited for: the arm stands still at its start until it arrives
+        first = self._request(history, times, rng)
+        sent = clock.now_ns()
+        self.link.submit(first)
+        reply = self._wait(first["id"])
+        if reply is None:
+            ep.ended = "lost"
+            return self._finish(ep, history)
+        if not clock.lockstep:
+            self.round_trips.append(clock.now_ns() - sent)
+        rng = self._take(ep, reply, history, 0, 0)
+        if hasattr(arm.driver, "restart_clock"):
+            arm.driver.restart_clock()
+        t0 = clock.now_ns()
+        times[0] = t0
+        pending, inbox = None, None  # (id, sent_ns, visible_ns); its reply once arrived (wall clock)
+        last_sent, step, late_run = None, 0, 0
+        held = []  # states since the queue ran out (the fault check)
+        while True:
+            deadline = t0 + step * P
+            if step > 0:
+                clock.sleep_until(deadline)
+                lateness = clock.now_ns() - deadline
+                ep.lateness_ms.append(lateness / 1e6)
+                late = lateness > P // 2
+                ep.misses += late
+                late_run = late_run + 1 if late else 0
+            state = arm.read_state()
+            if step > 0:
+                executed = last_sent if last_sent is not None else self._hold_of(history)
+                history.record(executed, state.obs)
+                times.append(state.t_ns)
+            if arm.stopped:
+                ep.ended = f"stop:{arm.events.stop_reason}"
+                if held:
+                    ee = np.array([h.ee_pos for h in held + [state]])
+                    ep.hold_drift_mm = float(np.linalg.norm(ee[-1] - ee[0]) * 1000)
+                    ep.hold_settled_mm = float(np.linalg.norm(ee[-1] - ee[3 * len(ee) // 4]) * 1000)
+                    if state.ee_target is not None:
+                        ep.hold_setpoint_mm = float(np.linalg.norm(state.ee_target - held[0].ee_target) * 1000)
+                    ttl_at = arm.expires_ns
+                    ep.stop_after_ttl_ticks = None if ttl_at is None else \
+                        math.ceil((arm.events.stopped_at_ns - ttl_at) / P)
+                break
+            if state.done or (max_steps is not None and step >= max_steps):
+                ep.ended, ep.success = "done", state.success
+                break
+            # replies: in lockstep a reply is visible once its simulated latency has passed
+            if not clock.lockstep:
+                for r in self.link.replies():
+                    if pending is not None and r.get("id") == pending[0]:
+                        inbox = r
+                    else:
+                        ep.late_replies += 1  # a superseded request's answer: never executed
+            if pending is not None:
+                now, reply = clock.now_ns(), None
+                if clock.lockstep:
+                    if pending[2] <= now:
+                        reply = self._wait(pending[0])
+                elif inbox is not None and now >= pending[2]:  # arrived, and any injected latency is over
+                    reply, inbox = inbox, None
+                if reply is not None:
+                    if reply.get("type") == "error":
+                        raise ConfigError(f"the server refused the request: {reply['message']}")
+                    if not clock.lockstep:
+                        self.round_trips.append(max(reply["arrived_ns"], pending[2]) - pending[1])
+                        inbox = None
+                    rng = self._take(ep, reply, history, step, self.delay())
+                    pending = None
+                elif self.link.lost is not None:
+                    pending = None
+            if pending is None and self.link.lost is None and self.scheduler.needs_request(step, self.delay()):
+                msg = self._request(history, times, rng)
+                now = clock.now_ns()
+                pending = (msg["id"], now, now + round(cfg.inject_latency_s * 1e9))
+                self.link.submit(msg)
+                if clock.lockstep and pending[2] <= now:  # zero latency: the reply is here this tick
+                    reply = self._wait(pending[0])
+                    if reply is not None:
+                        rng = self._take(ep, reply, history, step, self.delay())
+                    pending = None
+            action = self.scheduler.action(step)
+            if late_run >= 2 * cfg.max_misses:
+                arm.estop("missed deadlines")
+                step += 1
+                continue
+            if action is None or late_run >= cfg.max_misses:
+                ep.starved += action is None
+                if state.ee_pos is not None:
+                    held.append(state)
+                arm.hold()
+                last_sent = None
+            else:
+                held = []
+                last_sent = arm.command(action, deadline)
+            step += 1
+        return self._finish(ep, history)
+
+    def _take(self, ep: RunEpisode, reply: dict, history: History, step: int, delay: int) -> np.ndarray:
+        """Merge a chunk reply; returns the sampler's RNG state to send next."""
+        if reply.get("type") == "error":
+            raise ConfigError(f"the server refused the request: {reply['message']}")
+        plan = np.asarray(reply["plan"], np.float32)
+        self.scheduler.merge(int(reply["t"]), plan, step, delay)
+        history.plan(plan, int(reply["t"]))
+        ep.server_ms.append(float(reply.get("server_timing", {}).get("total_ms", 0.0)))
+        ep.delay_ticks.append(delay)
+        ep.scores.append(None if reply.get("scores") is None else [float(x) for x in reply["scores"]])
+        ep.chosen.append(int(reply.get("chosen", 0)))
+        ep.method = ep.method or reply.get("method")
+        if self.round_trips:
+            ep.round_trip_ms.append(self.round_trips[-1] / 1e6)
+        return reply["rng"]
+
+    def _hold_of(self, history: History) -> np.ndarray:
+        from robopolicy.robots.driver import hold_action
+
+        return hold_action(tuple(self.arm.action_semantics), history.actions[-1] if history.actions else None)
+
+    def _finish(self, ep: RunEpisode, history: History) -> RunEpisode:
+        ep.dropped = self.scheduler.dropped
+        executed = np.stack(history.actions) if history.actions else np.zeros((0, self.action_dim), np.float32)
+        ep.length, ep.actions = len(executed), executed
+        ep.actions_hash = hashlib.sha256(np.ascontiguousarray(executed, np.float32).tobytes()).hexdigest()[:16]
+        ev = self.arm.events
+        ep.shield = {"rejected": ev.rejected, "clamped": ev.clamped, "workspace": ev.workspace, "holds": ev.holds}
+        return ep

@@ -1,0 +1,246 @@
+"""``robopolicy serve``: a policy behind a websocket, for robopolicy's control loop and openpi's client.
+
+What it guarantees (and the anchors do not, ../shared/reference/serving_and_real_arms.md §2-§5):
+- loopback by default; any other bind needs a token, and a missing or wrong token is refused in the
+  HTTP handshake, before a byte of a message is decoded;
+- msgpack with typed arrays on a dtype whitelist, never pickle; caps on frame size, array size and
+  connections;
+- inference never runs in the event loop (``/healthz`` answers while a chunk is computed); requests
+  that arrive together share one batched call, each row bit-exact with what it gets alone;
+- a bad message gets an error reply naming the problem, never a traceback, and never takes the server
+  down; SIGTERM stops accepting, lets in-flight chunks finish, closes connections and exits 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robopolicy.data.windows import History, WindowSpec
+from robopolicy.errors import ConfigError, RobopolicyError
+from robopolicy.policy import Policy
+from robopolicy.serve import protocol, wire
+from robopolicy.serve.engine import InferenceEngine
+
+log = logging.getLogger("robopolicy.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # required for any non-loopback bind; clients send "Authorization: Api-Key <token>"
+    max_frame_bytes: int = 32 * 2 ** 20  # per message
+    max_connections: int = 32
+    drain_s: float = 10.0  # on SIGTERM: how long in-flight chunks may take to finish
+
+
+def check_bind(host: str, token: str | None) -> None:
+    if host not in LOOPBACK and not token:
+        raise ConfigError(f"binding {host} exposes the policy to the network: pass --token-file F (clients send "
+                          "'Authorization: Api-Key <token>'), or keep the default 127.0.0.1 and reach it through "
+                          "an SSH tunnel (ssh -L 8000:127.0.0.1:8000 robot-host)")
+
+
+def read_token(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--token-file {path}: no such file (write a long random token into it, e.g. "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))' > token`)")
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ConfigError(f"--token-file {path}: the token is {len(token)} characters; use at least 16")
+    return token
+
+
+class _OpenpiSession:
+    """A client that sends bare observations (openpi's): its episode lives here, on the server."""
+
+    def __init__(self, policy: Policy):
+        d = policy.cfg.data
+        self.policy, self.history = policy, History(WindowSpec(d.n_obs, d.horizon, d.stride), policy.action_dim)
+        self.started, self.queue, self.last = False, [], None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def reset(self) -> None:
+        self.started, self.queue, self.last = False, [], None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def frame(self, msg: dict) -> dict[str, np.ndarray]:
+        frame = {}
+        for key in self.policy.obs_keys:
+            if key not in msg:
+                raise protocol.ProtocolError(f"the observation lacks {key!r}; this policy reads "
+                                             f"{self.policy.obs_keys} (shapes in the metadata)", "bad_obs")
+            x = msg[key]
+            if not isinstance(x, np.ndarray):
+                x = np.asarray(x) if isinstance(x, list | int | float) else None
+                if x is None or x.dtype.kind not in "biuf":
+                    raise protocol.ProtocolError(f"observation {key!r} must be an array", "bad_obs")
+            x = protocol.cast(x, protocol.obs_dtype(self.policy, key), key)
+            want = tuple(self.policy.schema[key].shape)
+            if x.shape != want:
+                raise protocol.ProtocolError(f"observation {key!r} has shape {x.shape}, this policy takes one frame "
+                                             f"of {want}", "bad_shape")
+            frame[key] = np.array(x)  # own copy: the message's buffer is not ours to keep
+        return frame
+
+
+class PolicyServer:
+    def __init__(self, policy: Policy, cfg: ServerConfig, checkpoint_hash: str | None = None):
+        check_bind(cfg.host, cfg.token)
+        self.policy, self.cfg = policy, cfg
+        self.metadata = protocol.metadata(policy, checkpoint_hash)
+        self.per_tick = self.metadata["openpi"]["mode"] == "per_tick"
+        self.engine = InferenceEngine(policy)
+        self.connections = 0
+        self.served = 0
+        self.port: int | None = None  # the bound port (cfg.port 0: the OS picks one)
+
+    # ------------------------------------------------------------------ HTTP: health and the door
+    def _process_request(self, connection, request):
+        if request.path == "/healthz":
+            body = json.dumps({"ok": True, "connections": self.connections, "in_flight": self.engine.busy,
+                               "served": self.served})
+            return connection.respond(http.HTTPStatus.OK, body + "\n")
+        if self.cfg.token is not None:
+            got = request.headers.get("Authorization", "")
+            scheme, _, key = got.partition(" ")
+            if scheme not in ("Api-Key", "Bearer") or not hmac.compare_digest(key.strip().encode(),
+                                                                               self.cfg.token.encode()):
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "a valid 'Authorization: Api-Key <token>' header is required\n")
+        if self.connections >= self.cfg.max_connections:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"the server holds its maximum of {self.cfg.max_connections} connections\n")
+        return None
+
+    # ------------------------------------------------------------------ one connection
+    async def _handler(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        self.connections += 1
+        kind, session = None, None  # "robopolicy" after a hello; else openpi-style
+        try:
+            await ws.send(wire.packb(self.metadata))
+            async for frame in ws:
+                t0 = time.perf_counter()
+                msg, rid = None, None
+                try:
+                    msg = wire.unpackb(frame, self.cfg.max_frame_bytes)
+                    if not isinstance(msg, dict):
+                        raise protocol.ProtocolError("a message is a map (dict)")
+                    rid = msg.get("id")
+                    if msg.get("type") == "hello":
+                        if msg.get("protocol") != protocol.PROTOCOL:
+                            raise protocol.ProtocolError(f"this server speaks protocol {protocol.PROTOCOL}, the "
+                                                         f"client {msg.get('protocol')!r}: upgrade the older side",
+                                                         "protocol")
+                        kind = "robopolicy"
+                        reply = {"type": "hello", "protocol": protocol.PROTOCOL}
+                    elif kind == "robopolicy":
+                        if msg.get("type") != "act":
+                            raise protocol.ProtocolError(f"unknown message type {msg.get('type')!r}; send 'act'")
+                        reply = await self._act(msg, t0)
+                    else:
+                        session = session or _OpenpiSession(self.policy)
+                        reply = await self._openpi(session, msg, t0)
+                except (wire.WireError, protocol.ProtocolError, RobopolicyError) as e:
+                    reply = protocol.error_reply(str(e), getattr(e, "code", "bad_request"), rid)
+                except Exception as e:  # noqa: BLE001 - a bug of ours: logged here, one line to the client
+                    log.exception("request failed")
+                    reply = protocol.error_reply(f"internal error ({type(e).__name__}); the server logged it",
+                                                 "internal", rid)
+                if reply.get("type") == "error" and kind != "robopolicy":
+                    await ws.send(f"robopolicy server: {reply['message']}")  # openpi's client raises on text
+                else:
+                    await ws.send(wire.packb(reply))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections -= 1
+
+    async def _act(self, msg: dict, t0: float) -> dict:
+        rid, window, k, generator, times = protocol.parse_act(self.policy, msg)
+        done = await self.engine.submit(window, k, generator)
+        self.served += 1
+        due = int(times[-1]) if times is not None else None  # the first action is the latest frame's
+        return protocol.chunk_reply(rid, done.chunk, done.generator, due, {
+            "queue_ms": done.queue_ms, "infer_ms": done.infer_ms, "batch": done.batch,
+            "total_ms": (time.perf_counter() - t0) * 1000})
+
+    async def _openpi(self, session: _OpenpiSession, msg: dict, t0: float) -> dict:
+        if msg.get("reset") or msg.get("__ctrl__") in ("episode_start", "episode_end"):
+            session.reset()
+            if not any(k in msg for k in self.policy.obs_keys):
+                return {"ok": True, "reset": True}
+        frame = session.frame(msg)
+        if not session.started or not self.per_tick:
+            session.history.start(frame)
+            session.started, session.queue = True, []
+        else:
+            session.history.record(session.last, frame)
+        infer_ms = 0.0
+        if not session.queue:
+            done = await self.engine.submit(session.history.window(self.policy.obs_keys), 1, session.generator)
+            session.generator, infer_ms = done.generator, done.infer_ms
+            session.history.plan(done.chunk.plan, done.chunk.t)
+            session.queue = list(done.chunk.actions)
+        self.served += 1
+        if self.per_tick:
+            session.last = session.queue.pop(0)
+            actions = session.last[None]
+        else:
+            actions, session.queue = np.stack(session.queue), []
+        total = (time.perf_counter() - t0) * 1000
+        return {"actions": actions.astype(np.float32), "n_actions": len(actions),
+                "policy_timing": {"infer_ms": infer_ms}, "server_timing": {"infer_ms": infer_ms, "total_ms": total}}
+
+    # ------------------------------------------------------------------ lifetime
+    async def serve(self, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set (or SIGTERM/SIGINT when serving from the main thread)."""
+        from websockets.asyncio.server import serve
+
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        handled = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                handled.append(sig)
+            except (RuntimeError, ValueError):  # not the main thread: the caller stops us with ``stop``
+                pass
+        try:
+            async with serve(self._handler, self.cfg.host, self.cfg.port, process_request=self._process_request,
+                             max_size=self.cfg.max_frame_bytes, max_queue=4, compression=None,
+                             ping_interval=20, ping_timeout=20, close_timeout=5) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                log.info("serving %s on ws://%s:%d", self.metadata["head"], self.cfg.host, self.port)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                server.close(close_connections=False)  # no new connections; in-flight chunks finish
+                deadline = time.monotonic() + self.cfg.drain_s
+                while self.engine.busy and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # their replies go out
+                for connection in list(server.connections):
+                    await connection.close(1001, "server shutting down")
+                await server.wait_closed()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            self.engine.close()
+

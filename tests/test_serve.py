@@ -1,0 +1,378 @@
+"""`robopolicy serve` and `robopolicy run`: a real server process on loopback, real clients (ours and
+openpi's, in its own venv), the control loop on a real MuJoCo arm behind the shield.
+
+The reach policy of conftest serves every test. The claims tested: the loop through the server executes
+exactly what `robopolicy eval` executes (lockstep clock, zero latency); the token is checked before a
+message is decoded; /healthz answers while a slow chunk is computed; requests that arrive together share
+one batch and each row equals its in-process answer bit for bit; bad messages get error replies and the
+server stays up; SIGTERM drains; a server killed mid-run leaves the arm holding, then stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from robopolicy.data.windows import History, WindowSpec
+from robopolicy.serve import protocol, wire
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`robopolicy serve` in a subprocess, as a user starts it."""
+
+    def __init__(self, checkpoint: Path, *extra: str, env: dict | None = None):
+        self.port = _free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
+        # (the threads of this process, so its arithmetic is this process's: bit-exact comparisons hold)
+        self.proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "serve", "--checkpoint", str(checkpoint),
+                                      "--port", str(self.port), *extra], stdout=self.log, stderr=subprocess.STDOUT,
+                                     text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited: {self.output()}")
+            try:
+                self.health()
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        raise AssertionError("the server did not come up in 60 s")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+            return json.loads(r.read())
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.output()
+
+
+@pytest.fixture(scope="module")
+def server(reach_run):
+    s = Server(reach_run / "policy")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def policy(reach_run):
+    from robopolicy.policy import Policy
+
+    return Policy.load(reach_run / "policy")
+
+
+def _window(policy, seed=1_000_000, steps=0, queued=False):
+    """The window after ``steps`` expert steps of an episode (with the last chunk's plan as queued actions)."""
+    from robopolicy import envs
+
+    env = envs.make("reach")
+    obs, _ = env.reset(seed=seed)
+    expert = env.make_expert()
+    expert.reset()
+    d = policy.cfg.data
+    h = History(WindowSpec(d.n_obs, d.horizon, d.stride), policy.action_dim)
+    h.start(obs)
+    for _ in range(steps):
+        a = expert.act(env)
+        obs, *_ = env.step(a)
+        h.record(a, obs)
+    if queued:
+        h.plan(np.zeros((d.horizon - d.n_obs + 1, policy.action_dim), np.float32), h.t)
+    env.close()
+    return h.window(policy.obs_keys)
+
+
+# ---------------------------------------------------------------------- the wire
+def test_the_wire_refuses_what_could_hurt_and_round_trips_the_rest():
+    msg = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.uint8(7), "c": [1, "x", None],
+           "d": np.zeros((0, 4), np.int64), "e": np.ones(3, ">f8")}
+    back = wire.unpackb(wire.packb(msg))
+    assert np.array_equal(back["a"], msg["a"]) and back["a"].dtype == np.float32 and back["b"] == 7
+    assert back["c"] == [1, "x", None] and back["d"].shape == (0, 4) and np.array_equal(back["e"], msg["e"])
+    import msgpack
+
+    def arr(dtype="<f4", shape=(2,), data=b"\0" * 8):
+        return msgpack.packb({"x": {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": list(shape)}})
+    for frame, why in [(arr("|O8"), "not allowed"), (arr("<c8", data=b"\0" * 16), "not allowed"),
+                       (arr("|V8"), "not allowed"), (arr(shape=(10 ** 9,)), "elements"),
+                       (arr(shape=(2,), data=b"\0" * 7), "needs 8 bytes"), (arr(shape=(-1,)), "shape"),
+                       (arr(shape=(2,) * 9, data=b""), "shape"), (b"\xc1garbage", "not a msgpack"),
+                       (wire.packb({"x": 1})[:-1], "not a msgpack"), (msgpack.packb(msgpack.ExtType(5, b"x")),
+                                                                     "extension")]:
+        with pytest.raises(wire.WireError, match=why):
+            wire.unpackb(frame)
+    with pytest.raises(wire.WireError, match="text"):
+        wire.unpackb("a text frame")
+    with pytest.raises(wire.WireError, match="dtype"):
+        wire.packb({"x": np.array([object()])})
+
+
+# ---------------------------------------------------------------------- server + loop
+def test_the_loop_through_the_server_executes_what_eval_executes(server, policy, tmp_path):
+    """Lockstep clock, zero latency, replan: action for action what `robopolicy eval`'s loop executes."""
+    from robopolicy import envs
+    from robopolicy.eval.rollout import LocalEnv, run_episodes
+    from robopolicy.serve.client import RemoteLink
+    from robopolicy.serve.loop import LoopConfig
+    from robopolicy.serve.run import run
+
+    seeds = list(envs.eval_seeds(3))
+    offline = {e.seed: (e.success, e.length, e.actions_hash)
+               for e in run_episodes(policy, [LocalEnv(envs.make("reach"))], seeds)}
+    link = RemoteLink(server.url)
+    try:
+        meta = link.metadata
+        assert meta["task"] == "reach" and meta["control_hz"] == 80.0 and meta["obs_keys"] == ["state"]
+        assert meta["action_semantics"] == ["ee_delta_x", "ee_delta_y", "ee_delta_z", "gripper"]
+        result = run(link, "sim:reach", seeds, LoopConfig(), lockstep=True, out=tmp_path / "run", progress=False)
+    finally:
+        link.close()
+    served = {e.seed: (e.success, e.length, e.actions_hash) for e in result.episodes}
+    assert served == offline
+    assert all(e.ended == "done" and e.starved == 0 and e.dropped == 0 for e in result.episodes)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "success" in report and (tmp_path / "run" / "timing.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["summary"]["episodes"] == 3
+
+
+def test_health_answers_while_a_slow_chunk_is_in_flight(server, policy):
+    """Inference runs off the event loop: /healthz within a few ms while a K=64 chunk is computed."""
+    from robopolicy.serve.client import PolicyClient
+
+    client = PolicyClient(server.url)
+    window = _window(policy, queued=True)  # queued actions: evidence, so all 64 candidates are sampled
+    slow = protocol.act_request(window, 1, k=64, seed=0)
+    result = {}
+
+    def call():
+        t0 = time.perf_counter()
+        result["reply"] = client.request(slow, timeout_s=120)
+        result["s"] = time.perf_counter() - t0
+    th = threading.Thread(target=call)
+    th.start()
+    while server.health()["in_flight"] == 0 and th.is_alive():
+        time.sleep(0.002)
+    times = []
+    while th.is_alive() and len(times) < 20:
+        t0 = time.perf_counter()
+        health = server.health()
+        times.append(time.perf_counter() - t0)
+    th.join()
+    client.close()
+    assert result["reply"]["type"] == "chunk" and len(result["reply"]["scores"]) == 64
+    assert len(times) >= 3, f"the slow chunk took only {result['s']:.2f} s"
+    assert health["in_flight"] >= 1
+    assert np.median(times) < 0.05 < result["s"], (times, result["s"])  # answered while the chunk was computed
+
+
+def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_alone(server, policy):
+    from robopolicy.serve.client import PolicyClient
+
+    clients = [PolicyClient(server.url) for _ in range(3)]
+    windows = [_window(policy, seed=1_000_000 + i, steps=5 + i) for i in range(2)]
+    blocker = protocol.act_request(_window(policy, queued=True), 99, k=64, seed=0)
+    replies = {}
+
+    def call(i, msg):
+        replies[i] = clients[i].request(msg, timeout_s=120)
+    first = threading.Thread(target=call, args=(0, blocker))
+    first.start()
+    while server.health()["in_flight"] == 0:
+        time.sleep(0.002)
+    rest = [threading.Thread(target=call, args=(i + 1, protocol.act_request(w, i, seed=7 + i)))
+            for i, w in enumerate(windows)]
+    for th in rest:
+        th.start()
+    for th in [first, *rest]:
+        th.join()
+    for c in clients:
+        c.close()
+    for i, w in enumerate(windows):
+        reply = replies[i + 1]
+        assert reply["type"] == "chunk" and reply["server_timing"]["batch"] == 2  # they waited, then shared a call
+        alone = policy.act([w], generators=[torch.Generator().manual_seed(7 + i)])[0]
+        assert np.array_equal(reply["actions"], alone.actions) and reply["id"] == i
+
+
+def test_bad_messages_get_error_replies_and_the_server_stays_up(server, policy):
+    from websockets.sync.client import connect
+
+    from robopolicy.serve.client import PolicyClient
+
+    good = PolicyClient(server.url)
+    window = _window(policy, steps=3)
+    request = protocol.act_request(window, 1, seed=3)
+    expected = policy.act([window], generators=[torch.Generator().manual_seed(3)])[0].actions
+    bad = [b"", b"\xff\xfe", wire.packb([1, 2]), wire.packb({"type": "act"}),
+           wire.packb({**request, "obs": {"state": window.obs["state"][:, :5]}}),
+           wire.packb({**request, "obs": {"state": window.obs["state"] > 0}}),
+           wire.packb({**request, "obs": {"state": np.full_like(window.obs["state"], np.nan)}}),
+           wire.packb({**request, "k": 10 ** 9}), wire.packb({**request, "rng": np.zeros(3, np.uint8)}),
+           wire.packb({**request, "queued": np.zeros((3, 9), np.float32)}), wire.packb({"type": "dance"})]
+    ws = connect(server.url).__enter__()
+    ws.recv()  # metadata
+    ws.send(wire.packb({"type": "hello", "protocol": protocol.PROTOCOL}))
+    ws.recv()
+    for frame in bad:
+        ws.send(frame)
+        reply = wire.unpackb(ws.recv(timeout=30))
+        assert reply["type"] == "error" and reply["message"] and "Traceback" not in reply["message"], reply
+        assert np.array_equal(good.request(request)["actions"], expected)  # the good client is served meanwhile
+    ws.send(wire.packb({"type": "hello", "protocol": 999}))
+    assert wire.unpackb(ws.recv())["code"] == "protocol"
+    ws.close()
+    good.close()
+    assert server.health()["ok"]
+
+
+def test_a_token_is_required_off_loopback_and_checked_before_decoding(reach_run, tmp_path):
+    from robopolicy.serve.client import PolicyClient, ServerError
+
+    r = subprocess.run([sys.executable, "-m", "robopolicy.cli", "serve", "--checkpoint", str(reach_run),
+                        "--host", "0.0.0.0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "--token-file" in r.stderr and "Traceback" not in r.stderr
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-some-length\n")
+    s = Server(reach_run, "--token-file", str(token))
+    try:
+        with pytest.raises(ServerError, match="401"):
+            PolicyClient(s.url)
+        with pytest.raises(ServerError, match="401"):
+            PolicyClient(s.url, token="wrong-token-of-some-length")
+        assert PolicyClient(s.url, token="s3cret-token-of-some-length").metadata["server"] == "robopolicy"
+    finally:
+        s.stop()
+
+
+def test_sigterm_lets_the_chunk_in_flight_finish_then_exits_cleanly(reach_run, policy):
+    from robopolicy.serve.client import PolicyClient
+
+    s = Server(reach_run)
+    client = PolicyClient(s.url)
+    result = {}
+    th = threading.Thread(target=lambda: result.update(
+        reply=client.request(protocol.act_request(_window(policy, queued=True), 5, k=64, seed=0), timeout_s=120)))
+    th.start()
+    while s.health()["in_flight"] == 0:
+        time.sleep(0.002)
+    s.proc.send_signal(signal.SIGTERM)
+    th.join(60)
+    s.proc.wait(timeout=60)
+    out = s.output()
+    assert result["reply"]["type"] == "chunk" and result["reply"]["id"] == 5
+    assert s.proc.returncode == 0 and "Traceback" not in out, out
+
+
+def test_a_server_killed_mid_run_leaves_the_arm_holding_then_stopped(reach_run, tmp_path):
+    """SIGKILL the server while `robopolicy run` drives sim:reach in real time: the queue runs out, the arm
+    holds, the shield stops it within a tick of the last command's time-to-live, and the run ends with its
+    own exit code and a report, not a traceback. Holding: the setpoint does not move at all, and the end
+    effector comes to rest (under 1 mm over the hold's last quarter). It does not stay within 1 mm of where
+    it was when the queue ran out: Meta-World's hand trails its mocap setpoint by up to ~2 cm at full speed
+    (a soft weld) and catches up once the hold begins."""
+    s = Server(reach_run, env={"OMP_NUM_THREADS": "1"})  # a core each, server and loop
+    run = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "run", "--server", s.url, "--robot", "sim:reach",
+                            "--episodes", "3", "--ttl", "1.0", "--out", str(tmp_path / "run"), "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while s.health()["served"] < 6:  # warm-up and the first chunks are through
+        assert run.poll() is None and time.time() < deadline, run.communicate()
+        time.sleep(0.01)
+    s.proc.kill()
+    s.proc.wait()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 3, (out, err)
+    assert "Traceback" not in err and "stopped (stop:ttl)" in err
+    episodes = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    last = episodes[-1]
+    assert last["ended"] == "stop:ttl" and last["starved"] > 0
+    assert last["hold_setpoint_mm"] == 0.0 and last["hold_settled_mm"] < 1.0, last
+    assert last["hold_drift_mm"] < 30.0, last
+    assert last["stop_after_ttl_ticks"] is not None and last["stop_after_ttl_ticks"] <= 1
+    assert "stopped early" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_openpis_own_client_drives_the_policy_unchanged(reach_run, policy, tmp_path):
+    """openpi-client 0.1.2 from PyPI, in its own venv (numpy<2): metadata on connect, float64 state cast,
+    one action per tick for a policy with history; each equals the in-process computation."""
+    from peers import openpi_python
+
+    from robopolicy import envs
+
+    env = envs.make("reach")
+    obs, _ = env.reset(seed=1_000_000)
+    expert = env.make_expert()
+    expert.reset()
+    frames = [obs["state"]]
+    for _ in range(20):
+        obs, *_ = env.step(expert.act(env))
+        frames.append(obs["state"])
+    env.close()
+    np.save(tmp_path / "states.npy", np.stack(frames).astype(np.float64))  # openpi clients send numpy's float64
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import json, sys, numpy as np\n"
+        "from openpi_client import websocket_client_policy\n"
+        "p = websocket_client_policy.WebsocketClientPolicy(host='127.0.0.1', port=int(sys.argv[1]))\n"
+        "meta = p.get_server_metadata()\n"
+        "acts = [p.infer({'state': s, 'prompt': 'reach'})['actions'] for s in np.load(sys.argv[2])]\n"
+        "np.save(sys.argv[3], np.stack(acts))\n"
+        "print(json.dumps({'mode': meta['openpi']['mode'], 'keys': meta['obs_keys']}))\n")
+    s = Server(reach_run)
+    try:
+        r = subprocess.run([str(openpi_python()), str(script), str(s.port), str(tmp_path / "states.npy"),
+                            str(tmp_path / "actions.npy")], capture_output=True, text=True, timeout=300)
+    finally:
+        s.stop()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.splitlines()[-1]) == {"mode": "per_tick", "keys": ["state"]}
+    got = np.load(tmp_path / "actions.npy")
+    assert got.shape == (21, 1, 4)
+    # the same ticks in process: the server's history, one action per tick, seed 0 for the episode
+    d = policy.cfg.data
+    h, queue, g = History(WindowSpec(d.n_obs, d.horizon, d.stride), policy.action_dim), [], torch.Generator()
+    g.manual_seed(0)
+    want = []
+    for i, state in enumerate(np.load(tmp_path / "states.npy").astype(np.float32)):
+        if i == 0:
+            h.start({"state": state})
+        else:
+            h.record(want[-1], {"state": state})
+        if not queue:
+            chunk = policy.act([h.window(policy.obs_keys)], generators=[g])[0]
+            h.plan(chunk.plan, chunk.t)
+            queue = list(chunk.actions)
+        want.append(queue.pop(0))
+    assert np.array_equal(got[:, 0], np.stack(want))
