@@ -376,3 +376,119 @@ def test_openpis_own_client_drives_the_policy_unchanged(reach_run, policy, tmp_p
             queue = list(chunk.actions)
         want.append(queue.pop(0))
     assert np.array_equal(got[:, 0], np.stack(want))
+
+
+@pytest.mark.slow
+def test_fuzzing_10000_messages_never_takes_the_server_down(reach_run, policy):
+    """10,000+ hostile messages over loopback -- wrong dtypes and shapes, NaN, headers claiming 1e9 elements,
+    object and complex dtypes, truncated, bit-flipped and garbage frames, oversized frames, slow and many
+    connections, wrong tokens -- while a good client keeps getting its correct replies."""
+    import msgpack
+    from websockets.sync.client import connect
+
+    from robopolicy.serve.client import PolicyClient, ServerError
+
+    token = "fuzz-token-0123456789abcdef"
+    tf = Path(tempfile.mkdtemp()) / "token"
+    tf.write_text(token)
+    s = Server(reach_run, "--token-file", str(tf), env={"OMP_NUM_THREADS": "1"})
+    rng = np.random.default_rng(0)
+    window = _window(policy, steps=4)
+    request = protocol.act_request(window, 1, seed=11)
+    good_frame = wire.packb(request)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the server's (OMP_NUM_THREADS=1): the same arithmetic, so equal bit for bit
+    try:
+        expected = policy.act([window], generators=[torch.Generator().manual_seed(11)])[0].actions
+    finally:
+        torch.set_num_threads(threads)
+
+    def hostile(i: int) -> bytes:
+        kind = i % 10
+        if kind == 0:  # a valid envelope, wrong dtype
+            dt = rng.choice(["<i8", "<f2", "|u1", "|b1", ">f8"])
+            return wire.packb({**request, "obs": {"state": window.obs["state"].astype(np.dtype(dt))}})
+        if kind == 1:  # wrong shape
+            shape = tuple(int(n) for n in rng.integers(0, 5, int(rng.integers(0, 4))))
+            return wire.packb({**request, "obs": {"state": rng.normal(size=shape).astype(np.float32)}})
+        if kind == 2:  # NaN / inf
+            x = window.obs["state"].copy()
+            x.flat[rng.integers(x.size)] = rng.choice([np.nan, np.inf, -np.inf])
+            return wire.packb({**request, "obs": {"state": x}})
+        if kind == 3:  # a header claiming far more than it holds
+            return msgpack.packb({**{k: v for k, v in request.items() if k != "obs"},
+                                  "obs": {"state": {b"__ndarray__": True, b"data": b"\0" * 16, b"dtype": "<f4",
+                                                    b"shape": [int(rng.choice([10 ** 9, 2 ** 40, 7]))]}}},
+                                 default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+        if kind == 4:  # object / complex / void dtypes
+            return msgpack.packb({"type": "act", "id": 3, "obs": {"state": {
+                b"__ndarray__": True, b"data": b"\0" * 16, b"dtype": str(rng.choice(["|O8", "<c8", "|V16", "<U4"])),
+                b"shape": [1]}}})
+        if kind == 5:  # truncated
+            return good_frame[: int(rng.integers(0, len(good_frame)))]
+        if kind == 6:  # bit-flipped
+            b = bytearray(good_frame)
+            for _ in range(int(rng.integers(1, 8))):
+                b[int(rng.integers(len(b)))] ^= 1 << int(rng.integers(8))
+            return bytes(b)
+        if kind == 7:  # garbage
+            return rng.bytes(int(rng.integers(1, 300)))
+        if kind == 8:  # nonsense fields
+            return wire.packb({**request, **{str(rng.choice(["k", "t", "id", "rng", "seed", "queued"])):
+                                             rng.choice([-1, 2 ** 63, "x", None, 1.5])}})
+        return wire.packb({"type": str(rng.choice(["hello", "act", "x"])), "protocol": int(rng.integers(3))})
+
+    try:
+        good = PolicyClient(s.url, token=token)
+        ws = connect(s.url, additional_headers={"Authorization": f"Api-Key {token}"}, max_size=None).__enter__()
+        ws.recv()
+        ws.send(wire.packb({"type": "hello", "protocol": protocol.PROTOCOL}))
+        ws.recv()
+        sent = 0
+        for i in range(10_000):
+            try:
+                ws.send(hostile(i))
+                reply = ws.recv(timeout=30)
+            except Exception:  # the server may close a connection that broke the protocol: open another
+                ws.close()
+                ws = connect(s.url, additional_headers={"Authorization": f"Api-Key {token}"}).__enter__()
+                ws.recv()
+                ws.send(wire.packb({"type": "hello", "protocol": protocol.PROTOCOL}))
+                ws.recv()
+                continue
+            sent += 1
+            if isinstance(reply, bytes):
+                assert b"Traceback" not in reply
+            if i % 500 == 0:
+                assert np.array_equal(good.request(request)["actions"], expected)
+        assert sent > 9000
+        # oversized frames, slow clients, many connections, wrong tokens
+        big = connect(s.url, additional_headers={"Authorization": f"Api-Key {token}"}, max_size=None).__enter__()
+        big.recv()
+        big.send(b"\0" * (33 * 2 ** 20))  # over the 32 MiB cap: the server closes that connection (1009)
+        from websockets.exceptions import ConnectionClosed
+
+        with pytest.raises(ConnectionClosed) as closed:
+            big.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # "message too big"
+        slow = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(8)]  # open, never speak
+        for c in slow:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a handshake
+        many = []
+        for _ in range(40):  # more than the 32 connections allowed
+            try:
+                many.append(PolicyClient(s.url, token=token, timeout_s=5))
+            except ServerError as e:
+                assert "503" in str(e) or "full" in str(e)
+        for _ in range(20):
+            with pytest.raises(ServerError, match="401"):
+                PolicyClient(s.url, token=rng.bytes(8).hex())
+        for c in many:
+            c.close()
+        for c in slow:
+            c.close()
+        assert np.array_equal(good.request(request)["actions"], expected)
+        assert s.health()["ok"]
+    finally:
+        out = s.stop()
+    assert s.proc.returncode == 0 and "Traceback" not in out.split("request failed")[0][-2000:]
