@@ -232,6 +232,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         run_eval_bench(checkpoint=args.checkpoint, task=args.task, episodes=args.episodes, workers=args.workers,
                        quick=args.quick, out=args.out)
+    elif args.what == "serve":
+        from robopolicy.bench.serve import run_serve_bench
+
+        run_serve_bench(calls=args.calls, seconds=args.seconds, clients=args.clients, quick=args.quick, out=args.out)
     elif args.what == "history":
         from robopolicy.bench.history import run_history_bench
 
@@ -430,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=2, help="the most workers to time (default: %(default)s)")
     q.add_argument("--out", help="folder for the trained policy and runs (default: a temp folder)")
     q.add_argument("--quick", action="store_true", help="2 episodes, a tiny policy (a smoke test)")
+    q.set_defaults(func=cmd_bench)
+    q = what.add_parser("serve", help="serving: loopback overhead, loop jitter beside a busy server, batching",
+                        description="Side by side in one run: an act request over loopback vs in process (two "
+                                    "96x96 cameras + state, a 16x7 chunk); a 50 Hz loop beside a busy server, "
+                                    "absolute deadlines vs a naive relative sleep; N clients at once vs one by one "
+                                    "against the ideal of one batched call.")
+    q.add_argument("--calls", type=int, default=50, help="round trips timed (default: %(default)s)")
+    q.add_argument("--seconds", type=float, default=60.0, help="each loop's run (default: %(default)s)")
+    q.add_argument("--clients", type=int, default=4, help="clients sending at once (default: %(default)s)")
+    q.add_argument("--out", help="write the figures as JSON here")
+    q.add_argument("--quick", action="store_true", help="a few calls, 2 s loops (a smoke test)")
     q.set_defaults(func=cmd_bench)
     q = what.add_parser("history", help="success of one head at To=16 vs To=2 on a history-dependent task",
                         description="Collects a state store of a memory task, trains the config at To=16 and at "

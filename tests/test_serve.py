@@ -492,3 +492,15 @@ def test_fuzzing_10000_messages_never_takes_the_server_down(reach_run, policy):
     finally:
         out = s.stop()
     assert s.proc.returncode == 0 and "Traceback" not in out.split("request failed")[0][-2000:]
+
+
+@pytest.mark.slow
+def test_bench_serve_runs_and_prints_its_side_by_side_figures(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("bench", "serve", "--quick", "--out", str(tmp_path / "serve.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "overhead p50" in r.stdout and "one by one" in r.stdout and "naive" in r.stdout
+    result = json.loads((tmp_path / "serve.json").read_text())
+    assert result["batching"]["mean_batch"] > 1  # clients sending at once did share calls
+    assert set(result["pacing"]) == {"absolute", "naive"}
