@@ -1,0 +1,113 @@
+"""A policy served to sim:<task> in wall-clock time at its control rate, against its offline evaluation on
+the same seeds, paired per seed.
+
+    python benchmarks/served_vs_offline.py CHECKPOINT OUT.json [--task reach] [--episodes 30]
+
+1. offline: `robopolicy eval`'s loop (run_episodes) on the evaluation seeds;
+2. served, lockstep clock: `robopolicy serve` + `robopolicy run --lockstep` (must equal 1 action for action);
+3. served, wall clock: the same at 80 Hz in real time, server and loop one core each.
+Reports per-seed agreement of success, the discordant pairs with McNemar's exact p, the miss rate
+(ticks more than half a period late), starved ticks and dropped actions, and round-trip percentiles.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _serve(checkpoint: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "serve", "--checkpoint", checkpoint, "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+            return proc, f"ws://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the server did not start")
+
+
+def _run(url: str, task: str, episodes: int, out: Path, lockstep: bool) -> list[dict]:
+    cmd = [sys.executable, "-m", "robopolicy.cli", "run", "--server", url, "--robot", f"sim:{task}", "--episodes",
+           str(episodes), "--out", str(out), "--quiet"] + (["--lockstep"] if lockstep else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact p of b vs c discordant pairs (binomial, p = 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def main(argv: list[str]) -> None:
+    import numpy as np
+    import torch
+
+    from robopolicy import envs
+    from robopolicy.eval.rollout import LocalEnv, run_episodes
+    from robopolicy.policy import Policy, checkpoint_hash
+
+    checkpoint, out = argv[0], Path(argv[1])
+    task = argv[argv.index("--task") + 1] if "--task" in argv else "reach"
+    episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 30
+    torch.set_num_threads(1)
+    t0 = time.time()
+    seeds = list(envs.eval_seeds(episodes))
+    policy = Policy.load(checkpoint)
+    offline = {e.seed: e for e in run_episodes(policy, [LocalEnv(envs.make(task))], seeds)}
+    folder = out.with_suffix("")
+    proc, url = _serve(checkpoint)
+    try:
+        lockstep = {r["seed"]: r for r in _run(url, task, episodes, folder / "lockstep", True)}
+        wall = {r["seed"]: r for r in _run(url, task, episodes, folder / "wall", False)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    a = [offline[s].success for s in seeds]
+    w = [wall[s]["success"] for s in seeds]
+    b = sum(x and not y for x, y in zip(a, w))
+    c = sum(y and not x for x, y in zip(a, w))
+    ticks = sum(len(wall[s]["lateness_ms"]) for s in seeds)
+    misses = sum(wall[s]["misses"] for s in seeds)
+    trips = np.concatenate([wall[s]["round_trip_ms"] for s in seeds])
+    result = {
+        "command": "python benchmarks/served_vs_offline.py " + " ".join(argv),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "checkpoint": checkpoint_hash(checkpoint),
+        "task": task, "seeds": [seeds[0], seeds[-1]], "control_hz": 80.0,
+        "offline_success": float(np.mean(a)), "served_wall_success": float(np.mean(w)),
+        "served_lockstep_success": float(np.mean([lockstep[s]["success"] for s in seeds])),
+        "lockstep_identical_to_offline": sum(lockstep[s]["actions_hash"] == offline[s].actions_hash for s in seeds),
+        "wall_success_agrees_per_seed": sum(x == y for x, y in zip(a, w)),
+        "discordant": {"offline_only": b, "served_only": c}, "mcnemar_exact_p": mcnemar_exact(b, c),
+        "wall_ticks": ticks, "wall_misses": misses, "wall_miss_rate": misses / max(ticks, 1),
+        "wall_starved_ticks": sum(wall[s]["starved"] for s in seeds),
+        "wall_dropped_actions": sum(wall[s]["dropped"] for s in seeds),
+        "wall_round_trip_ms": {q: float(np.percentile(trips, int(q[1:]))) for q in ("p50", "p90", "p99")},
+        "wall_s": time.time() - t0,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
