@@ -275,6 +275,7 @@ def test_a_token_is_required_off_loopback_and_checked_before_decoding(reach_run,
         s.stop()
 
 
+@pytest.mark.slow  # a server process of its own (and a venv): CI runs it in the slow suite
 def test_sigterm_lets_the_chunk_in_flight_finish_then_exits_cleanly(reach_run, policy):
     from robopolicy.serve.client import PolicyClient
 
@@ -294,6 +295,7 @@ def test_sigterm_lets_the_chunk_in_flight_finish_then_exits_cleanly(reach_run, p
     assert s.proc.returncode == 0 and "Traceback" not in out, out
 
 
+@pytest.mark.slow  # a server process of its own (and a venv): CI runs it in the slow suite
 def test_a_server_killed_mid_run_leaves_the_arm_holding_then_stopped(reach_run, tmp_path):
     """SIGKILL the server while `robopolicy run` drives sim:reach in real time: the queue runs out, the arm
     holds, the shield stops it within a tick of the last command's time-to-live, and the run ends with its
@@ -324,6 +326,7 @@ def test_a_server_killed_mid_run_leaves_the_arm_holding_then_stopped(reach_run, 
     assert "stopped early" in (tmp_path / "run" / "report.md").read_text()
 
 
+@pytest.mark.slow  # a server process of its own (and a venv): CI runs it in the slow suite
 def test_openpis_own_client_drives_the_policy_unchanged(reach_run, policy, tmp_path):
     """openpi-client 0.1.2 from PyPI, in its own venv (numpy<2): metadata on connect, float64 state cast,
     one action per tick for a policy with history; each equals the in-process computation."""
