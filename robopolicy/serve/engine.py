@@ -46,8 +46,11 @@ class Done:
 class InferenceEngine:
     """The policy on its own thread. ``submit`` (from the event loop) -> future of Done."""
 
-    def __init__(self, policy: Policy, max_batch: int = ACT_BATCH):
-        self.policy, self.max_batch = policy, max_batch
+    def __init__(self, policy: Policy, max_batch: int = ACT_BATCH, gather_s: float = 0.002, peers=lambda: 0):
+        """``gather_s``: when ``peers()`` (other connections) is non-zero, how long a free thread waits for
+        their requests to join the first one (robots that ask at about the same time share a call); alone,
+        a request never waits."""
+        self.policy, self.max_batch, self.gather_s, self.peers = policy, max_batch, gather_s, peers
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._busy = 0  # jobs submitted and not yet answered
         self._lock = threading.Lock()
@@ -77,9 +80,11 @@ class InferenceEngine:
             if first is None:
                 return
             jobs = [first]
-            while len(jobs) < self.max_batch:  # whatever else is already waiting joins this call
+            deadline = time.perf_counter() + (self.gather_s if self.peers() > 0 else 0.0)
+            while len(jobs) < self.max_batch:  # whatever else is waiting (or arrives within gather_s) joins
                 try:
-                    nxt = self._jobs.get_nowait()
+                    nxt = self._jobs.get(timeout=max(deadline - time.perf_counter(), 0.0)) \
+                        if deadline > time.perf_counter() else self._jobs.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:

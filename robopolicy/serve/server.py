@@ -104,8 +104,8 @@ class PolicyServer:
         self.policy, self.cfg = policy, cfg
         self.metadata = protocol.metadata(policy, checkpoint_hash)
         self.per_tick = self.metadata["openpi"]["mode"] == "per_tick"
-        self.engine = InferenceEngine(policy)
         self.connections = 0
+        self.engine = InferenceEngine(policy, peers=lambda: self.connections - 1)
         self.served = 0
         self.port: int | None = None  # the bound port (cfg.port 0: the OS picks one)
 
