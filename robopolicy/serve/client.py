@@ -105,7 +105,7 @@ class _Link:
                 reply["arrived_ns"] = time.monotonic_ns()
                 self._in.put(reply)
         except Exception as e:  # noqa: BLE001 - any failure of the link is reported, never raised into the loop
-            self.lost = f"{type(e).__name__}: {e}"
+            self.lost = str(e) if isinstance(e, RobopolicyError) else f"{type(e).__name__}: {e}"
 
     def close(self) -> None:
         self._out.put(None)
