@@ -15,28 +15,10 @@ import json
 import math
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-
-
-def _serve(checkpoint: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "serve", "--checkpoint", checkpoint, "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return proc, f"ws://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the server did not start")
 
 
 def _run(url: str, task: str, episodes: int, out: Path, lockstep: bool) -> list[dict]:
@@ -62,6 +44,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     from robopolicy import envs
+    from robopolicy.bench.serve import start_server
     from robopolicy.eval.rollout import LocalEnv, run_episodes
     from robopolicy.policy import Policy, checkpoint_hash
 
@@ -74,7 +57,7 @@ def main(argv: list[str]) -> None:
     policy = Policy.load(checkpoint)
     offline = {e.seed: e for e in run_episodes(policy, [LocalEnv(envs.make(task))], seeds)}
     folder = out.with_suffix("")
-    proc, url = _serve(checkpoint)
+    proc, url = start_server(checkpoint)
     try:
         lockstep = {r["seed"]: r for r in _run(url, task, episodes, folder / "lockstep", True)}
         wall = {r["seed"]: r for r in _run(url, task, episodes, folder / "wall", False)}

@@ -66,7 +66,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(folder: Path, threads: int = 1):
+def start_server(folder: str | Path, threads: int = 1) -> tuple[subprocess.Popen, str]:
+    """`robopolicy serve` on a free loopback port with ``threads`` torch threads, once /healthz answers."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "serve", "--checkpoint", str(folder),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -215,7 +216,7 @@ def run_serve_bench(calls: int = 50, seconds: float = 60.0, clients: int = 4, qu
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "policy"
         policy = _policy(folder)
-        proc, url = _serve(folder)
+        proc, url = start_server(folder)
         try:
             result = {"transport": transport(policy, url, calls),
                       "batching": batching(policy, url, clients, max(calls // 5, 2)),
