@@ -87,9 +87,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robopolicy.serve.run import run
     from robopolicy.serve.server import read_token
 
-    if args.strategy == "rtc":
-        raise RobopolicyError("--strategy rtc needs the heads' known-actions contract, which is not built yet: "
-                              "use replan or ensemble")
     if args.episodes < 1 or args.samples < 1:
         raise RobopolicyError("--episodes and --samples must be >= 1")
     link = RemoteLink(args.server, read_token(args.token_file))

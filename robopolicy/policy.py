@@ -24,6 +24,7 @@ from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
 from robopolicy.data.windows import Window
 from robopolicy.errors import ConfigError
+from robopolicy.heads import Known
 from robopolicy.heads.diffusion import DiffusionHead
 from robopolicy.heads.ebt import EBTHead
 from robopolicy.heads.ptp import PTPHead
@@ -138,7 +139,9 @@ class Policy(nn.Module):
 
         Per row, ``verify.method`` says whether there is evidence to choose among ``k`` candidates (the
         head's scores, the predicted past against ``actions_at_past_frames``, or coherence with
-        ``queued``); with it the best of k is executed, without it one candidate is sampled."""
+        ``queued``); with it the best of k is executed, without it one candidate is sampled. A window with
+        ``committed`` > 0 (real-time chunking) gets a chunk that starts with its first ``committed`` queued
+        actions exactly (the heads' known actions), the rest generated to follow on from them."""
         if self.training:
             raise ConfigError("Policy.act needs eval mode (policy.eval()): training mode random-crops and "
                               "drops out")
@@ -158,8 +161,9 @@ class Policy(nn.Module):
                 padded = part + [part[-1]] * (act_batch - len(part))  # padding rows draw from spare generators
                 gens = [generators[i] for i in part] + [torch.Generator().manual_seed(0)
                                                         for _ in range(act_batch - len(part))]
+                known = self._known([windows[i] for i in padded])
                 candidates, info = self.head.sample(self.condition(self._obs_batch([windows[i] for i in padded])),
-                                                    k=kk, generators=gens)
+                                                    k=kk, generators=gens, **({"known": known} if known else {}))
                 for j, i in enumerate(part):
                     chunks[i] = self._chunk(windows[i], candidates, info, j, evidence[i], how[i])
         return chunks
@@ -204,6 +208,10 @@ class Policy(nn.Module):
                                   f"{a.shape}")
             if a.dtype.kind not in "fiu" or (name != "actions_before_frames" and not np.isfinite(a).all()):
                 raise ConfigError(f"{name} must hold finite numbers")  # NaN rows before frames: none executed
+        if not isinstance(w.committed, int) or isinstance(w.committed, bool) or w.committed < 0 or \
+                w.committed > (0 if w.queued is None else len(w.queued)):
+            raise ConfigError(f"committed must be an integer in [0, len(queued)] (the queued actions the chunk must "
+                              f"keep), got {w.committed!r} with {0 if w.queued is None else len(w.queued)} queued")
         if self.cfg.data.past_act and w.actions_before_frames is None:
             raise ConfigError("this policy takes the actions executed before each frame as input: build "
                               f"windows with History, or pass actions_before_frames ({To}, {self.action_dim})")
@@ -217,6 +225,22 @@ class Policy(nn.Module):
             before[np.isnan(before)] = 0.0  # no action executed yet: the neutral one, as in training
             obs[PAST_ACT] = torch.as_tensor(before, device=self.device)
         return obs
+
+    def _known(self, windows: list[Window]) -> Known | None:
+        """The committed queued actions of each row as known chunk tokens To-1+j, j < committed; None when no
+        row has any (the heads' plain path). Normalized, so every head sees them as it sees its targets."""
+        To, H = self.cfg.data.n_obs, self.cfg.data.horizon
+        if not any(w.committed for w in windows):
+            return None
+        values = np.zeros((len(windows), H, self.action_dim), np.float32)
+        mask = np.zeros((len(windows), H), bool)
+        for r, w in enumerate(windows):
+            n = min(w.committed, H - To + 1)
+            if n:
+                values[r, To - 1: To - 1 + n] = self.normalizer.normalize(self.cfg.data.action_key,
+                                                                          np.asarray(w.queued[:n], np.float32))
+                mask[r, To - 1: To - 1 + n] = True
+        return Known(torch.as_tensor(values, device=self.device), torch.as_tensor(mask, device=self.device))
 
     def _evidence(self, window: Window) -> verify.Evidence:
         """A window's executed past and queued actions, checked and normalized."""

@@ -118,6 +118,9 @@ class Window:
     actions_at_past_frames: np.ndarray | None = None  # (To-1, Da) raw, once the history reaches the first frame
     queued: np.ndarray | None = None  # (L, Da) raw: the previous chunk's planned actions due from t on
     steps: np.ndarray | None = None  # (To,) the episode step of each frame (a live loop stamps them with times)
+    # real-time chunking: the first ``committed`` queued actions run before the new chunk can arrive, so the
+    # chunk must keep them (the heads' known actions, at tokens To-1 .. To-2+committed)
+    committed: int = 0
 
 
 @dataclass

@@ -1,8 +1,33 @@
 """Action heads: diffusion.py, ptp.py, ebt.py, one interface (``loss(cond, actions)``, ``sample(cond, k,
-generators)``). ``row_noise`` is how every head draws its noise, so a row's draws never depend on its batch."""
+generators, known)``). ``row_noise`` is how every head draws its noise, so a row's draws never depend on its batch.
+
+Known actions (real-time chunking): ``known = Known(values, mask)`` names chunk tokens whose values are
+already fixed (the queued actions a robot executes before the new chunk can arrive); every candidate
+returns them exactly and is generated consistent with them (diffusion and PTP inpaint, EBT warm-starts
+and re-projects). A row whose mask is all False gets bit for bit what it gets without ``known``.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class Known:
+    """Fixed chunk tokens, per row, in normalized action space."""
+
+    values: torch.Tensor  # (B, H, Da); read only where ``mask`` is True
+    mask: torch.Tensor  # (B, H) bool
+
+    def per_candidate(self, k: int) -> Known:
+        """Each row's tokens repeated for its K candidates: (B*K, H, Da), (B*K, H, 1)."""
+        return Known(self.values.repeat_interleave(k, dim=0), self.mask.repeat_interleave(k, dim=0)[..., None])
+
+    def apply(self, x: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B*K, H, Da) with the known tokens set (to ``values`` if given: e.g. the noised ones); a
+        candidate-level Known (``per_candidate``) only."""
+        return torch.where(self.mask, self.values if values is None else values, x)
 
 
 def row_generators(generators, batch: int) -> list[torch.Generator]:

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
-from robopolicy.heads import candidate_generators, row_generators, row_noise
+from robopolicy.heads import Known, candidate_generators, row_generators, row_noise
 from robopolicy.models.transformer import TransformerDenoiser
 from robopolicy.models.unet1d import ConditionalUnet1D
 
@@ -36,6 +36,7 @@ class DiffusionHeadConfig:
     n_head: int = 4
     n_emb: int = 256
     p_drop_attn: float = 0.3
+    inpaint_guidance: float = 0.5  # known actions (real-time chunking): the weight w of ``_inpaint`` (0: replace)
     supervise_past: bool = False  # True: Past-Token Prediction (all H tokens); False: tokens To-1..H-1
     scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
                                                              "prediction_type": "epsilon", "clip_sample": True})
@@ -71,20 +72,45 @@ class DiffusionHead(nn.Module):
         weight = self.token_weight[None, :, None]
         return (error * weight).sum() / (weight.sum() * actions.shape[0] * actions.shape[2])
 
-    def sample(self, cond: torch.Tensor, k: int = 1, generators=None) -> tuple[torch.Tensor, dict]:
+    def sample(self, cond: torch.Tensor, k: int = 1, generators=None, known: Known | None = None
+               ) -> tuple[torch.Tensor, dict]:
         """K candidate chunks per observation: (B, K, H, Da), and an (empty) info dict. ``generators``: one
         torch.Generator per row; each candidate draws its noise (the start, and DDPM's per-step noise)
-        from its row's generator by itself, so a row's draws do not depend on the rest of the batch."""
+        from its row's generator by itself, so a row's draws do not depend on the rest of the batch.
+        ``known``: tokens inpainted (``_inpaint``), the rest of the chunk denoised to follow on from them."""
         with torch.inference_mode():
             batch = cond.shape[0]
             generators = row_generators(generators, batch)
             condition = self._condition(cond).repeat_interleave(k, dim=0)
             x = row_noise(generators, k, (self.horizon, self.action_dim), cond.device)
             scheduler, step_generators = self._sampler(), candidate_generators(generators, k)
+            known, start = (None, None) if known is None else (known.per_candidate(k), x)
             for t in scheduler.timesteps:
+                if known is not None:
+                    x = self._inpaint(x, t, condition, known, start, scheduler)
                 eps = self.denoiser(x, t.to(cond.device).reshape(1), condition)
                 x = scheduler.step(eps, t, x, generator=step_generators).prev_sample
+            if known is not None:
+                x = known.apply(x)
             return rearrange(x, "(b k) t a -> b k t a", k=k), {}
+
+    def _inpaint(self, x, t, condition, known: Known, start, scheduler) -> torch.Tensor:
+        """Before denoising step t: the known tokens set to the known actions noised to t's level (with the
+        candidate's own starting noise, so nothing extra is drawn), then the whole chunk nudged so that the
+        denoiser's clean estimate agrees with them: x -= w * grad_x ||mask * (x0_hat(x) - known)||^2
+        (guided inpainting, as real-time chunking does it; replacement alone leaves the free tokens
+        ignoring the known ones when there are few steps). Rows without known tokens: gradient 0, x kept."""
+        level = scheduler.alphas_cumprod[t].to(x.device)
+        x = known.apply(x, level.sqrt() * known.values + (1 - level).sqrt() * start)
+        w = self.cfg.inpaint_guidance
+        if w <= 0:
+            return x
+        with torch.inference_mode(False), torch.enable_grad():  # clones: inference tensors cannot enter autograd
+            xg, values, mask = x.clone().requires_grad_(), known.values.clone(), known.mask.clone()
+            eps = self.denoiser(xg, t.to(x.device).reshape(1), condition.clone())
+            x0 = (xg - (1 - level).sqrt() * eps) / level.sqrt()
+            (grad,) = torch.autograd.grad(((x0 - values) ** 2 * mask).sum(), xg)
+        return x - w * grad.detach()
 
     def _condition(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, To, D) per-frame features as the denoiser takes them."""

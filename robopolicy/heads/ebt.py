@@ -10,9 +10,15 @@ A scalar energy E(o, a) over an action trajectory, minimized by a few gradient s
     v = mu * v - alpha_eff * dE/dlook ; a = y + v
 
 Training unrolls 6 + U{0..4} steps with second-order gradients (create_graph) and supervises every
-iterate (mean of MSE(a_i, a*)); the trainer clips gradients at 1.0 (the ebt configs). Inference takes
-``inference_steps`` (default 2) steps, stopping early per sample once ||dE/da|| <= min_grad when
-allowed more, and returns each candidate's final energy (lower = more confident).
+iterate (mean of MSE(a_i, a*)); the trainer clips gradients at 1.0 (the ebt configs). With
+``warm_start_frac`` a share of training samples starts with a committed prefix of the future known
+(real-time chunking's warm start, below). Inference takes ``inference_steps`` (default 2) steps,
+stopping early per sample once ||dE/da|| <= min_grad when allowed more, and returns each candidate's
+final energy (lower = more confident).
+
+Known actions (real-time chunking): the known tokens start at their values and are re-projected onto
+them after every step (the per-sample RMS normalization rescales the whole trajectory, known tokens too),
+and their velocity is zeroed, so the look-ahead sees them as they are.
 
 Batch invariance: the reference normalizes y over the whole (B, T, D) tensor (F.rms_norm(x, x.shape)),
 so in training a sample's step depends on the rest of its batch. Here the normalization is per sample
@@ -29,7 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
-from robopolicy.heads import row_generators, row_noise
+from robopolicy.heads import Known, row_generators, row_noise
 from robopolicy.models.energy import EnergyTransformer, ObsTemporalEncoder
 
 
@@ -50,6 +56,9 @@ class EBTHeadConfig:
     inference_steps: int = 2  # the paper's "2 steps"
     min_grad: float = 1e-3  # early stop when more steps are allowed
     batch_rms_norm: bool = False  # True: the reference's whole-batch normalization (not batch-invariant)
+    # training samples that start with their first 1..(H-To+1)/2 future tokens known (the committed queue of
+    # real-time chunking, re-projected every step): 0 trains only the start from noise
+    warm_start_frac: float = 0.0
 
 
 class EBTHead(nn.Module):
@@ -94,24 +103,47 @@ class EBTHead(nn.Module):
                               f"{actions.detach().abs().max().item():.3f}: normalize actions with minmax statistics")
         tokens = self.obs_encoder(cond)
         n = self.cfg.train_steps + int(torch.randint(0, self.cfg.train_steps_extra + 1, ()).item())
+        known = self._training_known(actions)
         a = torch.randn_like(actions)
         v = torch.zeros_like(actions)
         with torch.enable_grad():
             losses = []
             for i in range(n):
+                a, v = self._project(known, a, v)
                 a, v, _, _ = self._step(a, v, tokens, i, n, train=True)
+                a, v = self._project(known, a, v)
                 losses.append(F.mse_loss(a, actions))
         return torch.stack(losses).mean()
 
+    def _training_known(self, actions: torch.Tensor) -> Known | None:
+        """For ``warm_start_frac`` of the samples, a committed prefix of 1..(H-To+1)/2 future tokens."""
+        b, first = actions.shape[0], self.n_obs - 1
+        if self.cfg.warm_start_frac <= 0:
+            return None
+        longest = max((self.horizon - first) // 2, 1)
+        d = torch.randint(1, longest + 1, (b, 1), device=actions.device)
+        d = d * (torch.rand(b, 1, device=actions.device) < self.cfg.warm_start_frac)
+        token = torch.arange(self.horizon, device=actions.device)[None]
+        mask = (token >= first) & (token < first + d)
+        return Known(actions.detach(), mask[..., None])
+
+    @staticmethod
+    def _project(known: Known | None, a: torch.Tensor, v: torch.Tensor):
+        """Known tokens back at their values, their velocity zero."""
+        if known is None:
+            return a, v
+        return known.apply(a), torch.where(known.mask, torch.zeros_like(v), v)
+
     # ----------------------------------------------------------------- inference
-    def sample(self, cond: torch.Tensor, k: int = 1, generators=None, init: torch.Tensor | None = None,
-               steps: int | None = None) -> tuple[torch.Tensor, dict]:
+    def sample(self, cond: torch.Tensor, k: int = 1, generators=None, known: Known | None = None,
+               init: torch.Tensor | None = None, steps: int | None = None) -> tuple[torch.Tensor, dict]:
         """K candidates (B, K, Tp, Da) and info["energy"] / info["scores"] (B, K): each one's energy at the
         actions returned, RMS-normalized as every energy input is (what is executed is what is scored; one
         more energy forward, no gradient).
-        ``generators``: one per row (each candidate's start drawn by itself); ``init`` (B, K, Tp, Da):
-        start from these actions (warm start) instead of noise; ``steps``: the most gradient steps
-        (default ``inference_steps``). Runs with autograd on, even inside inference_mode or no_grad."""
+        ``generators``: one per row (each candidate's start drawn by itself); ``known``: tokens fixed (warm
+        start and re-projection, module docstring); ``init`` (B, K, Tp, Da): start from these actions
+        instead of noise; ``steps``: the most gradient steps (default ``inference_steps``). Runs with
+        autograd on, even inside inference_mode or no_grad."""
         cfg, b = self.cfg, cond.shape[0]
         steps = steps or cfg.inference_steps
         shape = (b * k, self.horizon, self.action_dim)
@@ -121,21 +153,26 @@ class EBTHead(nn.Module):
                 a = row_noise(row_generators(generators, b), k, shape[1:], cond.device, cond.dtype)
             else:
                 a = init.reshape(shape).to(cond.device, cond.dtype).clone()
+            if known is not None:
+                known = known.per_candidate(k)
+                known = Known(known.values.to(cond.device, cond.dtype).clone(), known.mask.to(cond.device))
             tokens = self.obs_encoder(cond).repeat_interleave(k, dim=0).detach()
-            v = torch.zeros_like(a)
+            a, v = self._project(known, a, torch.zeros_like(a))
             active = torch.ones(b * k, dtype=torch.bool, device=a.device)
             i = 0
             # per sample: stop once its gradient is small (never before the first step), then one final step;
             # a sample that stopped keeps its (a, v) bit for bit, so its result never depends on the others
             while i < steps - 1 and bool(active.any()):
                 a_new, v_new, _, grad = self._step(a, v, tokens, i, steps, train=False)
+                a_new, v_new = self._project(known, a_new.detach(), v_new.detach())
                 keep = active[:, None, None]
-                a, v = torch.where(keep, a_new.detach(), a), torch.where(keep, v_new.detach(), v)
+                a, v = torch.where(keep, a_new, a), torch.where(keep, v_new, v)
                 active &= grad.flatten(1).norm(dim=1) > cfg.min_grad
                 i += 1
             a, _, _, _ = self._step(a, v, tokens, i, steps, train=False)
+            a, _ = self._project(known, a.detach(), v)
             with torch.no_grad():  # at the returned actions (not the look-ahead point), normalized as every
-                energy = self.energy(self._normalize(a.detach()), tokens)  # trajectory the net sees
+                energy = self.energy(self._normalize(a), tokens)  # trajectory the net sees
         a, energy = rearrange(a.detach(), "(b k) t a -> b k t a", k=k), rearrange(energy.detach(), "(b k) -> b k", k=k)
         return a, {"energy": energy, "scores": energy}
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from robopolicy.heads import Known
 from robopolicy.heads.diffusion import DiffusionHead, DiffusionHeadConfig
 
 
@@ -30,6 +31,7 @@ class PTPHeadConfig:
     train_steps: int = 100
     sampler: str = "ddpm"  # the paper: DDPM with all 100 steps; "ddim" with inference_steps for CPU configs
     inference_steps: int = 100
+    inpaint_guidance: float = 0.5  # known actions (real-time chunking): see DiffusionHead._inpaint
     scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
                                                              "prediction_type": "epsilon", "clip_sample": True})
 
@@ -47,14 +49,20 @@ class PTPHead(DiffusionHead):
         diffusion = DiffusionHeadConfig(denoiser="transformer", n_layer=cfg.n_layer, n_head=cfg.n_head,
                                         n_emb=cfg.n_emb, p_drop_attn=cfg.p_drop_attn, train_steps=cfg.train_steps,
                                         sampler=cfg.sampler, inference_steps=cfg.inference_steps,
+                                        inpaint_guidance=cfg.inpaint_guidance,
                                         scheduler_kwargs=dict(cfg.scheduler_kwargs))
         super().__init__(action_dim, horizon, n_obs, cond_dim, diffusion, cfg.first_supervised(n_obs))
         self.ptp = cfg
         self.predicts_past = cfg.past_action_pred  # info["past"] is trained: verification may compare it
 
-    def sample(self, cond: torch.Tensor, k: int = 1, generators=None) -> tuple[torch.Tensor, dict]:
-        """K candidate chunks (B, K, H, Da); info["past"] (B, K, To-1, Da): each candidate's predicted past."""
-        chunks, info = super().sample(cond, k, generators)
+    def sample(self, cond: torch.Tensor, k: int = 1, generators=None, known: Known | None = None
+               ) -> tuple[torch.Tensor, dict]:
+        """K candidate chunks (B, K, H, Da); info["past"] (B, K, To-1, Da): each candidate's predicted past.
+        ``known``: inpainted as the diffusion head does. The policy only ever fixes tokens from To-1 on (the
+        committed queue): the past tokens stay free, so each candidate's predicted past is still its own
+        and verifying it against what the robot did still tells candidates apart (inpainting the executed
+        past there would score every candidate zero)."""
+        chunks, info = super().sample(cond, k, generators, known)
         return chunks, {**info, "past": chunks[:, :, : self.n_obs - 1]}
 
 

@@ -4,6 +4,8 @@ Each tick, on an absolute deadline t0 + s * period of the loop's clock:
   read the (shielded) arm's state, stamped at acquisition -> record the action executed last tick ->
   take any reply that has arrived (by request id; late or stale ones are dropped) -> ask for the next
   chunk when the scheduler says so (never waiting for it) -> command the action due now, or hold.
+With ``strategy="rtc"`` each request marks the queued actions that will run before its reply can
+arrive as committed, and the chunk that comes back starts with them (real-time chunking).
 Inference is asynchronous: requests go through a link (a thread), replies are picked up on later ticks.
 The delay in ticks is estimated from recent round trips (warm-up calls discarded). A tick that wakes
 more than half a period late is a miss; after ``max_misses`` in a row the arm holds, after twice that
@@ -94,12 +96,15 @@ class ControlLoop:
         self.scheduler = Scheduler(cfg.strategy, meta["n_action_steps"])
         self.round_trips: list[int] = []  # ns, after the warm-up
         self._rid = 0
+        self._committed: dict[int, int] = {}
         self._warm = False
 
     # ------------------------------------------------------------------ requests
-    def _request(self, history: History, times: list[int], rng: np.ndarray) -> dict:
+    def _request(self, history: History, times: list[int], rng: np.ndarray, step: int = 0) -> dict:
         w = history.window(self.obs_keys)
+        w.committed = self.scheduler.committed(step, self.delay()) if w.queued is not None else 0
         self._rid += 1
+        self._committed = {self._rid: w.committed}  # only the newest request's reply is ever merged
         return protocol.act_request(w, self._rid, self.cfg.k, rng=rng, obs_times_ns=[times[i] for i in w.steps])
 
     def delay(self) -> int:
@@ -200,7 +205,7 @@ class ControlLoop:
                 elif self.link.lost is not None:
                     pending = None
             if pending is None and self.link.lost is None and self.scheduler.needs_request(step, self.delay()):
-                msg = self._request(history, times, rng)
+                msg = self._request(history, times, rng, step)
                 now = clock.now_ns()
                 pending = (msg["id"], now, now + round(cfg.inject_latency_s * 1e9))
                 self.link.submit(msg)
@@ -231,7 +236,7 @@ class ControlLoop:
         if reply.get("type") == "error":
             raise ConfigError(f"the server refused the request: {reply['message']}")
         plan = np.asarray(reply["plan"], np.float32)
-        self.scheduler.merge(int(reply["t"]), plan, step, delay)
+        self.scheduler.merge(int(reply["t"]), plan, step, delay, self._committed.get(reply.get("id"), 0))
         history.plan(plan, int(reply["t"]))
         ep.server_ms.append(float(reply.get("server_timing", {}).get("total_ms", 0.0)))
         ep.delay_ticks.append(delay)

@@ -3,7 +3,8 @@
 On connect the server sends its metadata (one frame, as openpi's server does). Then either
 - robopolicy's client sends ``{"type": "hello", "protocol": PROTOCOL}`` and, per chunk, an ``act``
   request holding everything the policy needs: the observation window, its acquisition times in the
-  client's clock, the executed and the still-queued actions, a request id and the sampler's RNG state.
+  client's clock, the executed and the still-queued actions (how many of these are committed: real-time
+  chunking), a request id and the sampler's RNG state.
   The server keeps no state for it (it can serve many robots and lose none of them on a restart);
 - or any other client (openpi's) sends bare observation dicts, one frame per key, and gets
   ``{"actions": ...}``; for a policy that needs history the server keeps that connection's history
@@ -68,6 +69,8 @@ def act_request(window: Window, rid: int, k: int = 1, rng: np.ndarray | None = N
     for name in ("actions_before_frames", "actions_at_past_frames", "queued"):
         if getattr(window, name) is not None:
             msg[name] = np.asarray(getattr(window, name), np.float32)
+    if window.committed:
+        msg["committed"] = int(window.committed)
     if rng is not None:
         msg["rng"] = rng
     if seed is not None:
@@ -124,8 +127,11 @@ def parse_act(policy: Policy, msg: dict) -> tuple[int, Window, int, torch.Genera
     k = msg.get("k", 1)
     if not isinstance(t, int) or not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 64:
         raise ProtocolError("'t' must be an integer and 'k' an integer in [1, 64]")
+    committed = msg.get("committed", 0)
+    if not isinstance(committed, int) or isinstance(committed, bool):
+        raise ProtocolError("'committed' must be an integer: how many queued actions the chunk must keep")
     window = Window(window_obs, t, _array(msg, "actions_before_frames"), _array(msg, "actions_at_past_frames"),
-                    _array(msg, "queued"))
+                    _array(msg, "queued"), committed=committed)
     times = msg.get("obs_times_ns")
     if times is not None and not (isinstance(times, np.ndarray) and times.dtype.kind in "iu"
                                   and times.shape == (policy.cfg.data.n_obs,)):

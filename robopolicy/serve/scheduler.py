@@ -8,6 +8,11 @@ those are dropped (counted), never executed late.
   out before a reply can arrive (``delay`` ticks); a chunk replaces the queue from its first action
   still due, and ``n_action_steps + delay`` of its actions are kept, so the arm executes ``n_action_steps``
   of each chunk whatever the latency. At zero delay this is exactly ``robopolicy eval``'s loop.
+- ``rtc`` (real-time chunking): replan, and each request says that its queued actions are committed
+  (the ones that will run before the reply can arrive; at most ``delay``): the new chunk starts with
+  them exactly (the heads' known actions), so switching to it is seamless rather than a jump to a plan
+  made from an older observation. Its own first ``committed`` actions are the old queue's, so they
+  are not counted as dropped.
 - ``ensemble`` (temporal ensembling, ACT): ask at every tick when no request is in flight; the action at a
   step is the average of every chunk's prediction for it, weighted exp(-m * i), i = 0 the oldest.
 """
@@ -17,7 +22,7 @@ import numpy as np
 
 from robopolicy.errors import ConfigError
 
-STRATEGIES = ("replan", "ensemble")
+STRATEGIES = ("replan", "ensemble", "rtc")
 
 
 class Scheduler:
@@ -40,12 +45,17 @@ class Scheduler:
             return True
         return self.remaining(step) <= delay
 
-    def merge(self, t: int, plan: np.ndarray, step: int, delay: int) -> None:
-        """A chunk computed at step ``t`` (its ``plan``: actions due from t) arrives at ``step``."""
+    def committed(self, step: int, delay: int) -> int:
+        """How many queued actions a request at ``step`` must keep (rtc only)."""
+        return min(self.remaining(step), delay) if self.strategy == "rtc" else 0
+
+    def merge(self, t: int, plan: np.ndarray, step: int, delay: int, committed: int = 0) -> None:
+        """A chunk computed at step ``t`` (its ``plan``: actions due from t, the first ``committed`` of them
+        the queue's own) arrives at ``step``."""
         keep = plan if self.strategy == "ensemble" else plan[: self.n_action_steps + delay]
         late = min(max(step - t, 0), len(keep))
-        self.dropped += late
-        if self.strategy == "replan":
+        self.dropped += max(late - committed, 0)
+        if self.strategy in ("replan", "rtc"):
             self.chunks = [(t, keep)]
         else:
             self.chunks.append((t, keep))
