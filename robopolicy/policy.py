@@ -216,9 +216,25 @@ class Policy(nn.Module):
             raise ConfigError("this policy takes the actions executed before each frame as input: build "
                               f"windows with History, or pass actions_before_frames ({To}, {self.action_dim})")
 
+    @torch.no_grad()
+    def frame_features(self, frames: dict[str, np.ndarray]) -> torch.Tensor:
+        """(N, D) the encoder's features of N raw frames (``frames[key]`` (N, ...)), in fixed blocks of
+        ``ACT_BATCH`` frames (padded), so a frame's vector never depends on the frames beside it."""
+        n, out = len(next(iter(frames.values()))), []
+        for lo in range(0, n, ACT_BATCH):
+            block = {k: x[lo: lo + ACT_BATCH] for k, x in frames.items()}
+            pad = ACT_BATCH - len(next(iter(block.values())))
+            block = {k: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for k, x in block.items()}
+            out.append(self.encoder(self.normalized_obs({k: x[None] for k, x in block.items()}))[0, : ACT_BATCH - pad])
+        return torch.cat(out)
+
     def _obs_batch(self, windows: list[Window]) -> dict[str, torch.Tensor]:
-        """Checked windows -> the normalized (B, To, ...) batch the encoder and head take (as the loaders do)."""
-        obs = self.normalized_obs({k: np.stack([w.obs[k] for w in windows]) for k in self.obs_keys})
+        """Checked windows -> the normalized (B, To, ...) batch the encoder and head take (as the loaders do);
+        windows that all carry their frames' ``features`` (a server's frame cache) skip the encoder."""
+        if all(w.features is not None for w in windows):
+            obs = {EMBEDDING_KEY: torch.stack([torch.as_tensor(w.features) for w in windows]).to(self.device)}
+        else:
+            obs = self.normalized_obs({k: np.stack([w.obs[k] for w in windows]) for k in self.obs_keys})
         if self.cfg.data.past_act:
             before = np.stack([w.actions_before_frames for w in windows]).astype(np.float32)
             before = self.normalizer.normalize(self.cfg.data.action_key, before)

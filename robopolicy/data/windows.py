@@ -121,6 +121,9 @@ class Window:
     # real-time chunking: the first ``committed`` queued actions run before the new chunk can arrive, so the
     # chunk must keep them (the heads' known actions, at tokens To-1 .. To-2+committed)
     committed: int = 0
+    # (To, D) the encoder's per-frame features of ``obs``, when a server's frame cache already has them
+    # (serve/frames.py): the policy acts on these instead of encoding the frames again
+    features: object | None = None
 
 
 @dataclass

@@ -4,7 +4,8 @@ The server's event loop only decodes, checks and answers; ``submit`` hands a che
 thread and returns an asyncio future. The thread takes every request waiting when it becomes free and
 acts on them in one batched ``Policy.act`` (per value of K), which gives each row exactly what it would
 get alone, so batching never changes an answer. A request the policy refuses fails alone: the batch is
-checked row by row first.
+checked row by row first. Image policies: each connection's frame cache (serve/frames.py) supplies the
+features of frames it has seen, so only new frames are encoded.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from robopolicy.data.windows import Window
 from robopolicy.errors import RobopolicyError
 from robopolicy.policy import ACT_BATCH, ActionChunk, Policy
+from robopolicy.serve.frames import FrameCache, attach_features
 
 log = logging.getLogger("robopolicy.serve")
 
@@ -31,6 +33,7 @@ class Job:
     generator: torch.Generator
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    cache: FrameCache | None = None  # the connection's per-frame features (image policies)
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -41,6 +44,7 @@ class Done:
     queue_ms: float  # waiting for the inference thread
     infer_ms: float  # the batched call this job was part of
     batch: int  # rows in that call
+    encoded: int | None = None  # frames the encoder ran on for this call (None: no frame cache)
 
 
 class InferenceEngine:
@@ -61,12 +65,13 @@ class InferenceEngine:
     def busy(self) -> int:
         return self._busy
 
-    def submit(self, window: Window, k: int, generator: torch.Generator) -> asyncio.Future:
+    def submit(self, window: Window, k: int, generator: torch.Generator, cache: FrameCache | None = None
+               ) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
             self._busy += 1
-        self._jobs.put(Job(window, k, generator, future, loop))
+        self._jobs.put(Job(window, k, generator, future, loop, cache))
         return future
 
     def close(self) -> None:
@@ -106,6 +111,13 @@ class InferenceEngine:
             return
         t0 = time.perf_counter()
         try:
+            cached = [j for j in ok if j.cache is not None]
+            encoded = attach_features(self.policy, [j.window for j in cached], [j.cache for j in cached]) \
+                if cached else None
+            if cached and len(cached) < len(ok):  # rows without a cache: their frames encoded here too
+                attach_features(self.policy, [j.window for j in ok if j.cache is None],
+                                [FrameCache(2 * len(j.window.obs[self.policy.obs_keys[0]])) for j in ok
+                                 if j.cache is None])
             chunks = self.policy.act([j.window for j in ok], k=k, generators=[j.generator for j in ok])
         except Exception as e:  # noqa: BLE001 - the server stays up; each caller gets a one-line error
             log.exception("inference failed")
@@ -114,7 +126,7 @@ class InferenceEngine:
             return
         infer_ms = (time.perf_counter() - t0) * 1000
         for job, chunk in zip(ok, chunks):
-            self._answer(job, Done(chunk, job.generator, (t0 - job.queued_at) * 1000, infer_ms, len(ok)))
+            self._answer(job, Done(chunk, job.generator, (t0 - job.queued_at) * 1000, infer_ms, len(ok), encoded))
 
     def _answer(self, job: Job, done: Done | None = None, error: Exception | None = None) -> None:
         with self._lock:

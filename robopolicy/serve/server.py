@@ -30,6 +30,7 @@ from robopolicy.errors import ConfigError, RobopolicyError
 from robopolicy.policy import Policy
 from robopolicy.serve import protocol, wire
 from robopolicy.serve.engine import InferenceEngine
+from robopolicy.serve.frames import FrameCache
 
 log = logging.getLogger("robopolicy.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -72,6 +73,7 @@ class _OpenpiSession:
         d = policy.cfg.data
         self.policy, self.history = policy, History(WindowSpec(d.n_obs, d.horizon, d.stride), policy.action_dim)
         self.started, self.queue, self.last = False, [], None
+        self.frames = frame_cache(policy)
         self.generator = torch.Generator().manual_seed(0)
 
     def reset(self) -> None:
@@ -96,6 +98,13 @@ class _OpenpiSession:
                                              f"of {want}", "bad_shape")
             frame[key] = np.array(x)  # own copy: the message's buffer is not ours to keep
         return frame
+
+
+def frame_cache(policy: Policy) -> FrameCache | None:
+    """A connection's per-frame features, for policies whose encoder does real work (images)."""
+    if not any(policy.schema[k].is_image for k in policy.obs_keys):
+        return None
+    return FrameCache(4 * policy.cfg.data.n_obs)
 
 
 class PolicyServer:
@@ -133,6 +142,7 @@ class PolicyServer:
 
         self.connections += 1
         kind, session = None, None  # "robopolicy" after a hello; else openpi-style
+        frames = frame_cache(self.policy)
         try:
             await ws.send(wire.packb(self.metadata))
             async for frame in ws:
@@ -153,7 +163,7 @@ class PolicyServer:
                     elif kind == "robopolicy":
                         if msg.get("type") != "act":
                             raise protocol.ProtocolError(f"unknown message type {msg.get('type')!r}; send 'act'")
-                        reply = await self._act(msg, t0)
+                        reply = await self._act(msg, t0, frames)
                     else:
                         session = session or _OpenpiSession(self.policy)
                         reply = await self._openpi(session, msg, t0)
@@ -172,13 +182,13 @@ class PolicyServer:
         finally:
             self.connections -= 1
 
-    async def _act(self, msg: dict, t0: float) -> dict:
+    async def _act(self, msg: dict, t0: float, frames: FrameCache | None = None) -> dict:
         rid, window, k, generator, times = protocol.parse_act(self.policy, msg)
-        done = await self.engine.submit(window, k, generator)
+        done = await self.engine.submit(window, k, generator, frames)
         self.served += 1
         due = int(times[-1]) if times is not None else None  # the first action is the latest frame's
         return protocol.chunk_reply(rid, done.chunk, done.generator, due, {
-            "queue_ms": done.queue_ms, "infer_ms": done.infer_ms, "batch": done.batch,
+            "queue_ms": done.queue_ms, "infer_ms": done.infer_ms, "batch": done.batch, "encoded_frames": done.encoded,
             "total_ms": (time.perf_counter() - t0) * 1000})
 
     async def _openpi(self, session: _OpenpiSession, msg: dict, t0: float) -> dict:
@@ -194,7 +204,8 @@ class PolicyServer:
             session.history.record(session.last, frame)
         infer_ms = 0.0
         if not session.queue:
-            done = await self.engine.submit(session.history.window(self.policy.obs_keys), 1, session.generator)
+            done = await self.engine.submit(session.history.window(self.policy.obs_keys), 1, session.generator,
+                                            session.frames)
             session.generator, infer_ms = done.generator, done.infer_ms
             session.history.plan(done.chunk.plan, done.chunk.t)
             session.queue = list(done.chunk.actions)

@@ -1,0 +1,114 @@
+"""The server's per-connection frame cache: a long-context image policy encodes each frame once.
+
+Claims: consecutive windows of one robot cost one new frame each (a padded first window: one); a frame's
+features do not depend on the frames encoded with it, so a chunk from cached features equals the chunk
+from freshly encoded ones bit for bit, and matches the plain (encode-the-window) path to float rounding;
+through a real server on loopback the reply says how many frames were encoded, and connections do not
+share caches.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import torch
+
+from robopolicy.config import load_config
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.store import DemoStore
+from robopolicy.data.windows import History, Window, WindowSpec
+from robopolicy.policy import Policy
+from robopolicy.serve.frames import FrameCache, attach_features
+
+
+def _image_policy(tmp_path) -> tuple[Policy, DemoStore]:
+    rng = np.random.default_rng(0)
+    with DemoStore.create(tmp_path / "s.zarr") as store:
+        for _ in range(2):
+            store.append_episode({"state": rng.normal(size=(20, 5)).astype(np.float32),
+                                  "action": np.tanh(rng.normal(size=(20, 3))).astype(np.float32),
+                                  "cam_image": rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)})
+    store = DemoStore.open(tmp_path / "s.zarr")
+    cfg = load_config("diffusion_image", ["policy.diffusion.down_dims=[16,32]", "policy.encoder.crop=14",
+                                          "data.n_obs=4", "data.horizon=16"])
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    torch.manual_seed(0)
+    return Policy(cfg, store.schema, norm).eval(), store
+
+
+def _windows(policy: Policy, store: DemoStore, n: int) -> list[Window]:
+    """The live windows of one episode at steps 0..n-1 (History, as the control loop builds them)."""
+    d = policy.cfg.data
+    h = History(WindowSpec(d.n_obs, d.horizon, d.stride), policy.action_dim)
+    frame = {k: store.read(k, 0, 1)[0] for k in policy.obs_keys}
+    h.start(frame)
+    out = [h.window(policy.obs_keys)]
+    for t in range(1, n):
+        h.record(np.zeros(3, np.float32), {k: store.read(k, t, t + 1)[0] for k in policy.obs_keys})
+        out.append(h.window(policy.obs_keys))
+    return out
+
+
+def test_consecutive_windows_encode_one_new_frame_and_act_as_if_encoded_afresh(tmp_path):
+    policy, store = _image_policy(tmp_path)
+    windows = _windows(policy, store, 6)
+    cache = FrameCache(16)
+    counts = [attach_features(policy, [w], [cache]) for w in windows]
+    assert counts == [1, 1, 1, 1, 1, 1]  # the padded first window repeats one frame
+    last = windows[-1]
+    fresh = policy.frame_features({k: last.obs[k] for k in policy.obs_keys})
+    assert torch.equal(last.features, fresh)
+    # every chunk from cached features equals the chunk from freshly encoded ones, bit for bit
+    again = Window(dict(last.obs), last.t, last.actions_before_frames, last.actions_at_past_frames, features=fresh)
+    a = policy.act([last], generators=[torch.Generator().manual_seed(3)])[0]
+    b = policy.act([again], generators=[torch.Generator().manual_seed(3)])[0]
+    assert np.array_equal(a.plan, b.plan)
+    plain = Window(dict(last.obs), last.t, last.actions_before_frames, last.actions_at_past_frames)
+    c = policy.act([plain], generators=[torch.Generator().manual_seed(3)])[0]
+    np.testing.assert_allclose(a.plan, c.plan, atol=1e-4)  # the encoder over the whole window: float rounding
+    # a frame's features do not depend on what else was encoded with it
+    one = policy.frame_features({k: last.obs[k][-1:] for k in policy.obs_keys})
+    assert torch.equal(one[0], fresh[-1])
+
+
+def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path):
+    from robopolicy.serve import protocol
+    from robopolicy.serve.client import PolicyClient
+    from robopolicy.serve.server import PolicyServer, ServerConfig
+
+    policy, store = _image_policy(tmp_path)
+    windows = _windows(policy, store, 4)
+    server = PolicyServer(policy, ServerConfig(host="127.0.0.1", port=0))
+    ready, stop, loop = threading.Event(), None, None
+
+    def serve():
+        nonlocal stop, loop
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()
+        started = asyncio.Event()
+        task = loop.create_task(server.serve(started, stop))
+        loop.run_until_complete(started.wait())
+        ready.set()
+        loop.run_until_complete(task)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        first, second = (PolicyClient(f"ws://127.0.0.1:{server.port}") for _ in range(2))
+        encoded = [first.request(protocol.act_request(w, i, seed=0))["server_timing"]["encoded_frames"]
+                   for i, w in enumerate(windows)]
+        assert encoded == [1, 1, 1, 1]
+        # another robot: its own cache (the same frames are new to it)
+        reply = second.request(protocol.act_request(windows[-1], 9, seed=0))
+        assert reply["server_timing"]["encoded_frames"] == 4
+        expected = policy.act([Window(dict(windows[-1].obs), windows[-1].t, windows[-1].actions_before_frames,
+                                      windows[-1].actions_at_past_frames,
+                                      features=policy.frame_features(dict(windows[-1].obs)))],
+                              generators=[protocol.generator(None, 0)])[0]
+        assert np.array_equal(reply["plan"], expected.plan.astype(np.float32))
+        first.close()
+        second.close()
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
