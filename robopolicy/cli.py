@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     link = RemoteLink(args.server, read_token(args.token_file))
     try:
         cfg = LoopConfig(strategy=args.strategy, k=args.samples, inject_latency_s=args.inject_latency / 1000,
-                         ttl_s=args.ttl)
+                         ttl_s=args.ttl, retry_above=args.retry_above)
         seeds = list(envs.eval_seeds(args.episodes, args.seed_start))
         result = run(link, args.robot, seeds, cfg, lockstep=args.lockstep, out=args.out, progress=not args.quiet)
     finally:
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="episodes (default: %(default)s)")
     p.add_argument("--seed-start", type=int, default=0, help="offset into the evaluation seeds (default: 0)")
     p.add_argument("--samples", type=int, default=1, help="K candidates per chunk, the verifier picks")
+    p.add_argument("--retry-above", type=float, default=None, metavar="SCORE",
+                   help="draw a chunk again (once) when its best candidate's score is above SCORE (EBT: its energy; "
+                   "the verifier's score acted on). Default: off")
     p.add_argument("--inject-latency", type=float, default=0.0, help="ms added to every round trip")
     p.add_argument("--ttl", type=float, default=0.5, help="seconds a command stays valid: the arm stops this long "
                    "after the last one (default: %(default)s)")

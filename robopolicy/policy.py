@@ -42,6 +42,7 @@ class ActionChunk:
     scores: np.ndarray | None = None  # (K,) the verifier's score of each candidate, lower is better
     method: str | None = None  # what scored them: "score" (the head's own: EBT energy), "past", "coherence"
     chosen: int = 0  # the candidate executed
+    retried: int = 0  # draws beyond the first (``retry_above``: the best score was above the threshold)
 
 
 def checkpoint_hash(folder: str | Path) -> str:
@@ -132,7 +133,7 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
-            act_batch: int = ACT_BATCH) -> list[ActionChunk]:
+            act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1) -> list[ActionChunk]:
         """The next Ta actions for each window (``History.window()``): a batch of rows, each with its own
         generator, each getting exactly what it would get alone (bit for bit): the networks always run on
         ``act_batch`` rows (padded), since CPU kernels change their arithmetic with the batch size.
@@ -141,7 +142,11 @@ class Policy(nn.Module):
         head's scores, the predicted past against ``actions_at_past_frames``, or coherence with
         ``queued``); with it the best of k is executed, without it one candidate is sampled. A window with
         ``committed`` > 0 (real-time chunking) gets a chunk that starts with its first ``committed`` queued
-        actions exactly (the heads' known actions), the rest generated to follow on from them."""
+        actions exactly (the heads' known actions), the rest generated to follow on from them.
+
+        ``retry_above`` (off by default): the verifier's score as live uncertainty acted on. A row whose
+        best candidate scores above it (EBT: its energy) draws K new candidates, up to ``retries`` times,
+        continuing its own generator, and executes the best candidate of all draws."""
         if self.training:
             raise ConfigError("Policy.act needs eval mode (policy.eval()): training mode random-crops and "
                               "drops out")
@@ -166,6 +171,17 @@ class Policy(nn.Module):
                                                     k=kk, generators=gens, **({"known": known} if known else {}))
                 for j, i in enumerate(part):
                     chunks[i] = self._chunk(windows[i], candidates, info, j, evidence[i], how[i])
+        if retry_above is not None and retries > 0:
+            unsure = [i for i, c in enumerate(chunks) if c.scores is not None and c.scores.min() > retry_above]
+            if unsure:
+                again = self.act([windows[i] for i in unsure], k, [generators[i] for i in unsure], act_batch,
+                                 retry_above, retries - 1)
+                for i, c in zip(unsure, again):
+                    first = chunks[i]
+                    if c.scores.min() < first.scores.min():
+                        chunks[i] = ActionChunk(c.actions, c.t, c.plan, c.scores, c.method, c.chosen, c.retried + 1)
+                    else:
+                        first.retried = c.retried + 1
         return chunks
 
     def _chunk(self, window: Window, candidates: torch.Tensor, info: dict, row: int, evidence: verify.Evidence,

@@ -530,6 +530,48 @@ def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
     assert not any(np.allclose(chunk.actions, o, atol=1e-5) for o in others)
 
 
+def test_a_high_energy_draws_again_and_keeps_the_best_of_both_and_only_when_asked():
+    """The energy as live uncertainty acted on: with retry_above below every energy each row draws K new
+    candidates from its own generator (continuing it) and executes the lowest energy of all 2K; above every
+    energy (or off, the default) nothing changes, bit for bit; rows decide alone."""
+    from robopolicy.config import load_config
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.data.store import Field
+    from robopolicy.data.windows import Window
+    from robopolicy.policy import Policy
+
+    cfg = load_config("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=16",
+                              "policy.ebt.n_head=2"])
+    schema = {"state": Field((5,), np.dtype("float32")), "action": Field((3,), np.dtype("float32"))}
+    data = {"state": np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32),
+            "action": np.random.default_rng(1).uniform(-2, 2, (50, 3)).astype(np.float32)}
+    torch.manual_seed(0)
+    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval()
+    windows = [Window({"state": data["state"][i: i + 2]}) for i in (0, 7)]
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (3, 4)]
+    plain = policy.act(windows, k=3, generators=gens())
+    never = policy.act(windows, k=3, generators=gens(), retry_above=1e9)
+    assert all(np.array_equal(a.plan, b.plan) and b.retried == 0 for a, b in zip(plain, never))
+    # the second draw alone: the generators continued past the first draw
+    g = gens()
+    policy.act(windows, k=3, generators=g)
+    second = policy.act(windows, k=3, generators=g)
+    always = policy.act(windows, k=3, generators=gens(), retry_above=-1e9)
+    for first, again, got in zip(plain, second, always):
+        assert got.retried == 1
+        want = again if again.scores.min() < first.scores.min() else first
+        assert np.array_equal(got.plan, want.plan) and got.scores.min() == min(first.scores.min(), again.scores.min())
+    assert any(not np.array_equal(a.plan, b.plan) for a, b in zip(plain, second))
+    # a threshold between the rows' energies retries only the unsure row
+    e0, e1 = (float(c.scores.min()) for c in plain)
+    mid = policy.act(windows, k=3, generators=gens(), retry_above=(e0 + e1) / 2)
+    unsure = int(e1 > e0)
+    assert mid[unsure].retried == 1 and mid[1 - unsure].retried == 0
+    assert np.array_equal(mid[1 - unsure].plan, plain[1 - unsure].plan)
+
+
 # ------------------------------------------------------------------------- gradient clipping (check 22)
 def test_check22_the_ebt_configs_clip_gradients_at_1():
     assert [load_config(name).train.optim.grad_clip for name in ("ebt", "ebt_gpu", "ebt_image")] == [1.0] * 3

@@ -155,8 +155,9 @@ class LocalLink(_Link):
     def _call(self, request: dict) -> dict:
         t0 = time.perf_counter()
         try:
-            rid, window, k, generator, times = protocol.parse_act(self.policy, request)
-            chunk = self.policy.act([window], k=k, generators=[generator])[0]
+            rid, window, sampling, generator, times = protocol.parse_act(self.policy, request)
+            chunk = self.policy.act([window], k=sampling.k, generators=[generator],
+                                    retry_above=sampling.retry_above)[0]
         except (protocol.ProtocolError, RobopolicyError) as e:
             return protocol.error_reply(str(e), getattr(e, "code", "bad_request"), request.get("id"))
         ms = (time.perf_counter() - t0) * 1000

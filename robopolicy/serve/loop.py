@@ -35,6 +35,7 @@ from robopolicy.serve.scheduler import Scheduler
 class LoopConfig:
     strategy: str = "replan"
     k: int = 1  # candidates per chunk (the verifier picks)
+    retry_above: float | None = None  # draw a chunk again when its best score is above this (off: None)
     ttl_s: float = 0.5  # how long a policy command stays valid: the arm stops this long after the last one
     inject_latency_s: float = 0.0  # added to every round trip (the latency x strategy table)
     max_misses: int = 5  # consecutive late ticks before the arm holds (twice as many: it stops)
@@ -60,6 +61,7 @@ class RunEpisode:
     delay_ticks: list[int] = field(default_factory=list)
     scores: list[list[float] | None] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # per chunk: draws beyond the first (retry_above)
     method: str | None = None
     shield: dict = field(default_factory=dict)
     # the last hold before a stop (the server lost): from the tick the queue ran out to the stop
@@ -105,7 +107,8 @@ class ControlLoop:
         w.committed = self.scheduler.committed(step, self.delay()) if w.queued is not None else 0
         self._rid += 1
         self._committed = {self._rid: w.committed}  # only the newest request's reply is ever merged
-        return protocol.act_request(w, self._rid, self.cfg.k, rng=rng, obs_times_ns=[times[i] for i in w.steps])
+        return protocol.act_request(w, self._rid, self.cfg.k, rng=rng, obs_times_ns=[times[i] for i in w.steps],
+                                    retry_above=self.cfg.retry_above)
 
     def delay(self) -> int:
         """Ticks between a request and its reply, from the largest recent round trip."""
@@ -242,6 +245,7 @@ class ControlLoop:
         ep.delay_ticks.append(delay)
         ep.scores.append(None if reply.get("scores") is None else [float(x) for x in reply["scores"]])
         ep.chosen.append(int(reply.get("chosen", 0)))
+        ep.retried.append(int(reply.get("retried", 0)))
         ep.method = ep.method or reply.get("method")
         if self.round_trips:
             ep.round_trip_ms.append(self.round_trips[-1] / 1e6)

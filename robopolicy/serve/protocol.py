@@ -13,6 +13,9 @@ Errors are structured replies ``{"type": "error", "code", "message", "id"}``, ne
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -22,6 +25,15 @@ from robopolicy.policy import Policy
 
 PROTOCOL = 1
 RNG_BYTES = len(torch.Generator().get_state())  # a CPU generator's state
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a request wants its chunk drawn: K candidates; optionally, a retry when the best scores above
+    ``retry_above`` (the verifier's score acted on: off unless asked)."""
+
+    k: int = 1
+    retry_above: float | None = None
 
 
 class ProtocolError(ValueError):
@@ -63,9 +75,11 @@ def metadata(policy: Policy, checkpoint_hash: str | None = None) -> dict:
 
 
 def act_request(window: Window, rid: int, k: int = 1, rng: np.ndarray | None = None, seed: int | None = None,
-                obs_times_ns: np.ndarray | None = None) -> dict:
+                obs_times_ns: np.ndarray | None = None, retry_above: float | None = None) -> dict:
     """The ``act`` message for a window (``History.window()``): what the server needs, nothing it keeps."""
     msg = {"type": "act", "id": rid, "t": window.t, "obs": window.obs, "k": k}
+    if retry_above is not None:
+        msg["retry_above"] = float(retry_above)
     for name in ("actions_before_frames", "actions_at_past_frames", "queued"):
         if getattr(window, name) is not None:
             msg[name] = np.asarray(getattr(window, name), np.float32)
@@ -110,8 +124,8 @@ def obs_dtype(policy: Policy, key: str):
     return np.uint8 if policy.schema[key].is_image else np.float32
 
 
-def parse_act(policy: Policy, msg: dict) -> tuple[int, Window, int, torch.Generator, np.ndarray | None]:
-    """An act request -> (id, window, k, generator, obs times). Shapes are the policy's to check."""
+def parse_act(policy: Policy, msg: dict) -> tuple[int, Window, Sampling, torch.Generator, np.ndarray | None]:
+    """An act request -> (id, window, sampling, generator, obs times). Shapes are the policy's to check."""
     rid = msg.get("id")
     if not isinstance(rid, int) or isinstance(rid, bool):
         raise ProtocolError("act request needs an integer 'id'")
@@ -137,7 +151,12 @@ def parse_act(policy: Policy, msg: dict) -> tuple[int, Window, int, torch.Genera
                                   and times.shape == (policy.cfg.data.n_obs,)):
         raise ProtocolError(f"'obs_times_ns' must be {policy.cfg.data.n_obs} integers (the frames' acquisition "
                             "times, client clock)")
-    return rid, window, k, generator(msg.get("rng"), msg.get("seed")), times
+    retry = msg.get("retry_above")
+    if retry is not None and (not isinstance(retry, int | float) or isinstance(retry, bool)
+                              or not math.isfinite(retry)):
+        raise ProtocolError("'retry_above' must be a finite number (the score above which a chunk is drawn again)")
+    return rid, window, Sampling(k, None if retry is None else float(retry)), generator(msg.get("rng"),
+                                                                                       msg.get("seed")), times
 
 
 def generator(state, seed) -> torch.Generator:
@@ -163,7 +182,8 @@ def chunk_reply(rid: int, chunk, generator: torch.Generator, due_ns: int | None,
     return {"type": "chunk", "id": rid, "t": chunk.t, "actions": chunk.actions.astype(np.float32),
             "n_actions": len(chunk.actions), "plan": chunk.plan.astype(np.float32), "due_ns": due_ns,
             "scores": None if chunk.scores is None else chunk.scores.astype(np.float32), "method": chunk.method,
-            "chosen": chunk.chosen, "rng": generator.get_state().numpy(), "server_timing": timing}
+            "chosen": chunk.chosen, "retried": chunk.retried, "rng": generator.get_state().numpy(),
+            "server_timing": timing}
 
 
 def error_reply(message: str, code: str = "bad_request", rid=None) -> dict:

@@ -183,8 +183,8 @@ class PolicyServer:
             self.connections -= 1
 
     async def _act(self, msg: dict, t0: float, frames: FrameCache | None = None) -> dict:
-        rid, window, k, generator, times = protocol.parse_act(self.policy, msg)
-        done = await self.engine.submit(window, k, generator, frames)
+        rid, window, sampling, generator, times = protocol.parse_act(self.policy, msg)
+        done = await self.engine.submit(window, sampling, generator, frames)
         self.served += 1
         due = int(times[-1]) if times is not None else None  # the first action is the latest frame's
         return protocol.chunk_reply(rid, done.chunk, done.generator, due, {
@@ -204,8 +204,8 @@ class PolicyServer:
             session.history.record(session.last, frame)
         infer_ms = 0.0
         if not session.queue:
-            done = await self.engine.submit(session.history.window(self.policy.obs_keys), 1, session.generator,
-                                            session.frames)
+            done = await self.engine.submit(session.history.window(self.policy.obs_keys), protocol.Sampling(),
+                                            session.generator, session.frames)
             session.generator, infer_ms = done.generator, done.infer_ms
             session.history.plan(done.chunk.plan, done.chunk.t)
             session.queue = list(done.chunk.actions)
