@@ -183,7 +183,7 @@ def render_videos(meta: dict, records: list[dict], folders: list[Path], out: Pat
     """mp4s of the first ``per_kind`` successes and failures of each task, rendered afterwards by replaying
     the executed actions from the episode's seed (physics is deterministic), so the run never rendered
     frames it did not need."""
-    from robopolicy.eval.video import replay_frames, write_mp4
+    from robopolicy.video import replay_frames, write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
     clips = []
@@ -196,7 +196,7 @@ def render_videos(meta: dict, records: list[dict], folders: list[Path], out: Pat
             if path is None:
                 continue
             actions = np.load(path, allow_pickle=False)
-            frames = replay_frames(meta, task, r["seed"], actions)
+            frames = replay_frames(meta["env_specs"][task], r["seed"], actions)
             name = f"{task}-{r['seed']}-{'success' if r['success'] else 'failure'}.mp4"
             write_mp4(frames, out / name)
             clips.append(f"videos/{name}")

@@ -89,12 +89,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1 or args.samples < 1:
         raise RobopolicyError("--episodes and --samples must be >= 1")
+    if args.video and not args.out:
+        raise RobopolicyError("--video needs --out (the videos go into the report folder)")
     link = RemoteLink(args.server, read_token(args.token_file))
     try:
         cfg = LoopConfig(strategy=args.strategy, k=args.samples, inject_latency_s=args.inject_latency / 1000,
                          ttl_s=args.ttl, retry_above=args.retry_above)
         seeds = list(envs.eval_seeds(args.episodes, args.seed_start))
-        result = run(link, args.robot, seeds, cfg, lockstep=args.lockstep, out=args.out, progress=not args.quiet)
+        result = run(link, args.robot, seeds, cfg, lockstep=args.lockstep, out=args.out, progress=not args.quiet,
+                     videos=args.video)
     finally:
         link.close()
     from robopolicy.serve.run import summary
@@ -395,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "after the last one (default: %(default)s)")
     p.add_argument("--lockstep", action="store_true", help="simulated time (deterministic) instead of the wall "
                    "clock: sims only")
+    p.add_argument("--video", type=int, default=0, metavar="N", help="mp4s of the first N episodes in --out/videos, "
+                   "rendered after the run from the executed actions (default: none)")
     p.add_argument("--out", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)

@@ -155,11 +155,19 @@ def test_the_loop_through_the_server_executes_what_eval_executes(server, policy,
         meta = link.metadata
         assert meta["task"] == "reach" and meta["control_hz"] == 80.0 and meta["obs_keys"] == ["state"]
         assert meta["action_semantics"] == ["ee_delta_x", "ee_delta_y", "ee_delta_z", "gripper"]
-        result = run(link, "sim:reach", seeds, LoopConfig(), lockstep=True, out=tmp_path / "run", progress=False)
+        result = run(link, "sim:reach", seeds, LoopConfig(), lockstep=True, out=tmp_path / "run", progress=False,
+                     videos=1)
     finally:
         link.close()
     served = {e.seed: (e.success, e.length, e.actions_hash) for e in result.episodes}
     assert served == offline
+    # the video of the first episode: its executed actions replayed after the run, one frame per step
+    first = result.episodes[0]
+    clip = tmp_path / "run" / "videos" / f"{first.seed}-{'success' if first.success else 'failure'}.mp4"
+    import cv2
+    frames = int(cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert frames == first.length + 1 and clip.name in (tmp_path / "run" / "report.md").read_text()
+    assert np.array_equal(np.load(tmp_path / "run" / "actions" / f"{first.seed}.npy"), first.actions)
     assert all(e.ended == "done" and e.starved == 0 and e.dropped == 0 for e in result.episodes)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "success" in report and (tmp_path / "run" / "timing.png").stat().st_size > 1000

@@ -18,7 +18,8 @@ class SimArm:
                  control_hz: float | None = None):
         from robopolicy import envs
 
-        self.env = envs.make_from_spec(env_spec) if env_spec else envs.make(task, obs=obs)
+        self.spec = env_spec or envs.env_spec(task, obs)  # what rebuilds it (videos replay from it)
+        self.env = envs.make_from_spec(self.spec)
         self.clock = clock
         self.action_semantics = tuple(self.env.action_semantics)
         self.action_low = np.asarray(self.env.action_space.low, np.float32)

@@ -2,7 +2,7 @@
 
 The report (``run.json``, ``episodes.jsonl``, ``report.md``, ``timing.png``): success, the tick lateness
 histogram (period jitter), round-trip percentiles, misses (ticks more than half a period late), starved
-ticks, dropped actions, the verifier's scores over time, and how each episode ended.
+ticks, dropped actions, the verifier's scores over time, how each episode ended, and videos.
 """
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ def make_arm(robot: str, clock, metadata: dict, ttl_s: float):
 
 
 def run(link, robot: str, seeds: list[int], cfg: LoopConfig, lockstep: bool = False, out: str | Path | None = None,
-        progress: bool = True) -> RunResult:
+        progress: bool = True, videos: int = 0) -> RunResult:
+    """Episodes on ``seeds`` until one ends early; with ``out``, the report there, and mp4s of the first
+    ``videos`` episodes, rendered after the run by replaying what physics was stepped with (rendering
+    during the run would cost the loop its rate)."""
     from tqdm import tqdm
 
     from robopolicy.serve.clock import LockstepClock, WallClock
@@ -67,6 +70,9 @@ def run(link, robot: str, seeds: list[int], cfg: LoopConfig, lockstep: bool = Fa
         for seed in bar:
             ep = loop.run_episode(seed)
             episodes.append(ep)
+            if out and len(episodes) <= videos and hasattr(arm.driver, "executed"):
+                (out / "actions").mkdir(exist_ok=True)
+                np.save(out / "actions" / f"{seed}.npy", np.stack(arm.driver.executed), allow_pickle=False)
             if out:
                 records.write(json.dumps(ep.record()) + "\n")
                 records.flush()
@@ -82,8 +88,24 @@ def run(link, robot: str, seeds: list[int], cfg: LoopConfig, lockstep: bool = Fa
             records.close()
     result = RunResult(episodes, out, stopped)
     if out:
-        write_report(result, link.metadata, cfg, robot, lockstep, time.time() - t0)
+        clips = render_videos(out, getattr(arm.driver, "spec", None), episodes[:videos]) if videos else []
+        write_report(result, link.metadata, cfg, robot, lockstep, time.time() - t0, clips)
     return result
+
+
+def render_videos(out: Path, spec: dict | None, episodes: list[RunEpisode]) -> list[str]:
+    from robopolicy.video import replay_frames, write_mp4
+
+    clips = []
+    for ep in episodes:
+        path = out / "actions" / f"{ep.seed}.npy"
+        if spec is None or not path.is_file():
+            continue
+        (out / "videos").mkdir(exist_ok=True)
+        name = f"{ep.seed}-{'success' if ep.success else 'failure'}.mp4"
+        write_mp4(replay_frames(spec, ep.seed, np.load(path, allow_pickle=False)), out / "videos" / name)
+        clips.append(f"videos/{name}")
+    return clips
 
 
 def summary(episodes: list[RunEpisode], period_ms: float) -> dict:
@@ -105,7 +127,8 @@ def summary(episodes: list[RunEpisode], period_ms: float) -> dict:
     }
 
 
-def write_report(result: RunResult, metadata: dict, cfg: LoopConfig, robot: str, lockstep: bool, wall_s: float):
+def write_report(result: RunResult, metadata: dict, cfg: LoopConfig, robot: str, lockstep: bool, wall_s: float,
+                 clips: list[str] = ()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,4 +178,7 @@ def write_report(result: RunResult, metadata: dict, cfg: LoopConfig, robot: str,
              "![timing](timing.png)", ""]
     if result.stopped:
         lines += [f"**The run stopped early: {result.stopped}.**", ""]
+    if clips:
+        lines += ["Videos (replayed from the executed actions after the run): " +
+                  ", ".join(f"[{c.split('/')[-1]}]({c})" for c in clips), ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -1,5 +1,6 @@
-"""Videos of evaluated episodes, rendered afterwards: the episode's env rebuilt with cameras, reset to its
-seed, and its executed actions replayed (MuJoCo is deterministic, so the replay is the episode)."""
+"""Videos of episodes, rendered afterwards: the episode's env rebuilt with cameras, reset to its seed, and
+the actions physics was stepped with replayed (MuJoCo is deterministic, so the replay is the episode).
+`robopolicy eval` and `robopolicy run` both render this way, so neither renders frames during the run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +19,12 @@ def image_spec(spec: dict) -> dict:
     return spec
 
 
-def replay_frames(meta: dict, task: str, seed: int, actions: np.ndarray) -> list[np.ndarray]:
-    """(H, W, 3) uint8 frames of the first camera: the start, then after each executed action."""
+def replay_frames(spec: dict, seed: int, actions: np.ndarray) -> list[np.ndarray]:
+    """(H, W, 3) uint8 frames of the first camera of the env ``spec`` describes: the start, then after each
+    executed action."""
     from robopolicy import envs
 
-    env = envs.make_from_spec(image_spec(meta["env_specs"][task]))
+    env = envs.make_from_spec(image_spec(spec))
     try:
         obs, _ = env.reset(seed=int(seed))
         key = next(k for k in obs if k.endswith("_image"))
