@@ -1,11 +1,12 @@
 """A policy served to sim:<task> in wall-clock time at its control rate, against its offline evaluation on
 the same seeds, paired per seed.
 
-    python benchmarks/served_vs_offline.py CHECKPOINT OUT.json [--task reach] [--episodes 30]
+    python benchmarks/served_vs_offline.py CHECKPOINT OUT.json [--task reach] [--episodes 30] [--strategy replan]
 
 1. offline: `robopolicy eval`'s loop (run_episodes) on the evaluation seeds;
 2. served, lockstep clock: `robopolicy serve` + `robopolicy run --lockstep` (must equal 1 action for action);
-3. served, wall clock: the same at 80 Hz in real time, server and loop one core each.
+3. served, wall clock: the same at 80 Hz in real time, server and loop one core each (pinned with
+   taskset where there is one).
 Reports per-seed agreement of success, the discordant pairs with McNemar's exact p, the miss rate
 (ticks more than half a period late), starved ticks and dropped actions, and round-trip percentiles.
 """
@@ -15,15 +16,21 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def _run(url: str, task: str, episodes: int, out: Path, lockstep: bool) -> list[dict]:
-    cmd = [sys.executable, "-m", "robopolicy.cli", "run", "--server", url, "--robot", f"sim:{task}", "--episodes",
-           str(episodes), "--out", str(out), "--quiet"] + (["--lockstep"] if lockstep else [])
+def _pin(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+def _run(url: str, task: str, episodes: int, out: Path, lockstep: bool, strategy: str = "replan") -> list[dict]:
+    cmd = _pin(0) + [sys.executable, "-m", "robopolicy.cli", "run", "--server", url, "--robot", f"sim:{task}",
+                     "--episodes", str(episodes), "--out", str(out), "--quiet", "--strategy", strategy] + \
+        (["--lockstep"] if lockstep else [])
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode:
         raise SystemExit(r.stderr)
@@ -51,16 +58,17 @@ def main(argv: list[str]) -> None:
     checkpoint, out = argv[0], Path(argv[1])
     task = argv[argv.index("--task") + 1] if "--task" in argv else "reach"
     episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 30
+    strategy = argv[argv.index("--strategy") + 1] if "--strategy" in argv else "replan"
     torch.set_num_threads(1)
     t0 = time.time()
     seeds = list(envs.eval_seeds(episodes))
     policy = Policy.load(checkpoint)
     offline = {e.seed: e for e in run_episodes(policy, [LocalEnv(envs.make(task))], seeds)}
     folder = out.with_suffix("")
-    proc, url = start_server(checkpoint)
+    proc, url = start_server(checkpoint, pin=_pin(1))
     try:
         lockstep = {r["seed"]: r for r in _run(url, task, episodes, folder / "lockstep", True)}
-        wall = {r["seed"]: r for r in _run(url, task, episodes, folder / "wall", False)}
+        wall = {r["seed"]: r for r in _run(url, task, episodes, folder / "wall", False, strategy)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -75,7 +83,9 @@ def main(argv: list[str]) -> None:
         "command": "python benchmarks/served_vs_offline.py " + " ".join(argv),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "checkpoint": checkpoint_hash(checkpoint),
-        "task": task, "seeds": [seeds[0], seeds[-1]], "control_hz": 80.0,
+        "head": policy.cfg.policy.head, "task": task, "seeds": [seeds[0], seeds[-1]],
+        "control_hz": (policy.task or {}).get("control_hz"),
+        "wall_strategy": strategy,
         "offline_success": float(np.mean(a)), "served_wall_success": float(np.mean(w)),
         "served_lockstep_success": float(np.mean([lockstep[s]["success"] for s in seeds])),
         "lockstep_identical_to_offline": sum(lockstep[s]["actions_hash"] == offline[s].actions_hash for s in seeds),

@@ -6,6 +6,7 @@ ticks, dropped actions, the verifier's scores over time, how each episode ended,
 """
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import time
@@ -68,7 +69,12 @@ def run(link, robot: str, seeds: list[int], cfg: LoopConfig, lockstep: bool = Fa
     bar = tqdm(seeds, desc=f"run {robot}", unit="ep", disable=not progress)
     try:
         for seed in bar:
-            ep = loop.run_episode(seed)
+            gc.collect()  # between episodes, so that no collection pauses a tick within one
+            gc.disable()
+            try:
+                ep = loop.run_episode(seed)
+            finally:
+                gc.enable()
             episodes.append(ep)
             if out and len(episodes) <= videos and hasattr(arm.driver, "executed"):
                 (out / "actions").mkdir(exist_ok=True)
