@@ -2,6 +2,7 @@
 the same seeds, paired per seed.
 
     python benchmarks/served_vs_offline.py CHECKPOINT OUT.json [--task reach] [--episodes 30] [--strategy replan]
+        [--act-batch 8]
 
 1. offline: `robopolicy eval`'s loop (run_episodes) on the evaluation seeds;
 2. served, lockstep clock: `robopolicy serve` + `robopolicy run --lockstep` (must equal 1 action for action);
@@ -59,19 +60,22 @@ def main(argv: list[str]) -> None:
     task = argv[argv.index("--task") + 1] if "--task" in argv else "reach"
     episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 30
     strategy = argv[argv.index("--strategy") + 1] if "--strategy" in argv else "replan"
+    act_batch = argv[argv.index("--act-batch") + 1] if "--act-batch" in argv else "8"
     torch.set_num_threads(1)
     t0 = time.time()
     seeds = list(envs.eval_seeds(episodes))
     policy = Policy.load(checkpoint)
     offline = {e.seed: e for e in run_episodes(policy, [LocalEnv(envs.make(task))], seeds)}
     folder = out.with_suffix("")
-    proc, url = start_server(checkpoint, pin=_pin(1))
-    try:
-        lockstep = {r["seed"]: r for r in _run(url, task, episodes, folder / "lockstep", True)}
-        wall = {r["seed"]: r for r in _run(url, task, episodes, folder / "wall", False, strategy)}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    runs = {}
+    for name, lockstep_clock, batch, how in (("lockstep", True, "8", "replan"), ("wall", False, act_batch, strategy)):
+        proc, url = start_server(checkpoint, pin=_pin(1), args=["--act-batch", batch])  # lockstep: eval's batch
+        try:
+            runs[name] = {r["seed"]: r for r in _run(url, task, episodes, folder / name, lockstep_clock, how)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    lockstep, wall = runs["lockstep"], runs["wall"]
     a = [offline[s].success for s in seeds]
     w = [wall[s]["success"] for s in seeds]
     b = sum(x and not y for x, y in zip(a, w))
@@ -85,7 +89,7 @@ def main(argv: list[str]) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "checkpoint": checkpoint_hash(checkpoint),
         "head": policy.cfg.policy.head, "task": task, "seeds": [seeds[0], seeds[-1]],
         "control_hz": (policy.task or {}).get("control_hz"),
-        "wall_strategy": strategy,
+        "wall_strategy": strategy, "server_act_batch": int(act_batch),
         "offline_success": float(np.mean(a)), "served_wall_success": float(np.mean(w)),
         "served_lockstep_success": float(np.mean([lockstep[s]["success"] for s in seeds])),
         "lockstep_identical_to_offline": sum(lockstep[s]["actions_hash"] == offline[s].actions_hash for s in seeds),

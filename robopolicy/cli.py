@@ -73,7 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise RobopolicyError(f"{args.checkpoint}: not a policy checkpoint (no model.safetensors, nor in policy/)")
     policy = Policy.load(folder, map_location=str(_device(args.device)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = PolicyServer(policy, ServerConfig(args.host, args.port, token), checkpoint_hash(folder))
+    server = PolicyServer(policy, ServerConfig(args.host, args.port, token, act_batch=args.act_batch),
+                          checkpoint_hash(folder))
     print(f"serving {folder} ({policy.cfg.policy.head}) on ws://{args.host}:{args.port}  (health: "
           f"http://{args.host}:{args.port}/healthz; SIGTERM or Ctrl-C drains and exits)", flush=True)
     asyncio.run(server.serve())
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--token-file", help="file holding the token clients must send (Authorization: Api-Key ...)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")
+    p.add_argument("--act-batch", type=int, default=8, help="rows per network call, padded (default: %(default)s, "
+                   "as `robopolicy eval`: up to 8 robots share a call, each bit-exact with eval); 1: the lowest "
+                   "latency for a single robot (deterministic, but not bit-exact with eval)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="drive an arm with a served policy at its control rate",

@@ -66,12 +66,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: str | Path, threads: int = 1, pin: list[str] = ()) -> tuple[subprocess.Popen, str]:
+def start_server(folder: str | Path, threads: int = 1, pin: list[str] = (), args: list[str] = ()
+                 ) -> tuple[subprocess.Popen, str]:
     """`robopolicy serve` on a free loopback port with ``threads`` torch threads, once /healthz answers;
-    ``pin``: a command prefix such as ``taskset -c 1``."""
+    ``pin``: a command prefix such as ``taskset -c 1``; ``args``: more `serve` options."""
     port = _free_port()
     proc = subprocess.Popen([*pin, sys.executable, "-m", "robopolicy.cli", "serve", "--checkpoint", str(folder),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     for _ in range(600):
         try:

@@ -120,7 +120,7 @@ class InferenceEngine:
                                 [FrameCache(2 * len(j.window.obs[self.policy.obs_keys[0]])) for j in ok
                                  if j.cache is None])
             chunks = self.policy.act([j.window for j in ok], k=sampling.k, generators=[j.generator for j in ok],
-                                     retry_above=sampling.retry_above)
+                                     act_batch=self.max_batch, retry_above=sampling.retry_above)
         except Exception as e:  # noqa: BLE001 - the server stays up; each caller gets a one-line error
             log.exception("inference failed")
             for job in ok:

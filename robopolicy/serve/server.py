@@ -27,7 +27,7 @@ import torch
 
 from robopolicy.data.windows import History, WindowSpec
 from robopolicy.errors import ConfigError, RobopolicyError
-from robopolicy.policy import Policy
+from robopolicy.policy import ACT_BATCH, Policy
 from robopolicy.serve import protocol, wire
 from robopolicy.serve.engine import InferenceEngine
 from robopolicy.serve.frames import FrameCache
@@ -44,6 +44,10 @@ class ServerConfig:
     max_frame_bytes: int = 32 * 2 ** 20  # per message
     max_connections: int = 32
     drain_s: float = 10.0  # on SIGTERM: how long in-flight chunks may take to finish
+    # rows per network call (padded): every call has this many, so a row never depends on its batch. 8 (as
+    # `robopolicy eval`) batches up to 8 robots per call; 1 is the lowest latency for one robot (its rows then
+    # differ from eval's batch-8 arithmetic in the last bits, still deterministic)
+    act_batch: int = ACT_BATCH
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -114,7 +118,10 @@ class PolicyServer:
         self.metadata = protocol.metadata(policy, checkpoint_hash)
         self.per_tick = self.metadata["openpi"]["mode"] == "per_tick"
         self.connections = 0
-        self.engine = InferenceEngine(policy, peers=lambda: self.connections - 1)
+        if cfg.act_batch < 1:
+            raise ConfigError(f"act_batch must be >= 1, got {cfg.act_batch}")
+        self.metadata["act_batch"] = cfg.act_batch
+        self.engine = InferenceEngine(policy, max_batch=cfg.act_batch, peers=lambda: self.connections - 1)
         self.served = 0
         self.port: int | None = None  # the bound port (cfg.port 0: the OS picks one)
 
