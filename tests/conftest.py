@@ -72,3 +72,37 @@ def fit_one_chunk(head, n_obs: int, steps: int, lr: float, batch: int, clip: flo
         optim.step()
         schedule.step()
     return cond, actions
+
+
+class InProcessServer:
+    """A PolicyServer on a loopback port, its event loop on a thread of this process (``with``)."""
+
+    def __init__(self, policy, **cfg):
+        from robopolicy.serve.server import PolicyServer, ServerConfig
+
+        self.server = PolicyServer(policy, ServerConfig(host="127.0.0.1", port=0, **cfg))
+
+    def __enter__(self):
+        import asyncio
+        import threading
+
+        ready = threading.Event()
+
+        def serve():
+            self.loop = asyncio.new_event_loop()
+            self.stop = asyncio.Event()
+            started = asyncio.Event()
+            task = self.loop.create_task(self.server.serve(started, self.stop))
+            self.loop.run_until_complete(started.wait())
+            ready.set()
+            self.loop.run_until_complete(task)
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        assert ready.wait(30), "the in-process server did not start"
+        self.url = f"ws://127.0.0.1:{self.server.port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+

@@ -8,9 +8,6 @@ share caches.
 """
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import numpy as np
 import torch
 
@@ -73,29 +70,14 @@ def test_consecutive_windows_encode_one_new_frame_and_act_as_if_encoded_afresh(t
 
 
 def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path):
+    from conftest import InProcessServer
     from robopolicy.serve import protocol
     from robopolicy.serve.client import PolicyClient
-    from robopolicy.serve.server import PolicyServer, ServerConfig
 
     policy, store = _image_policy(tmp_path)
     windows = _windows(policy, store, 4)
-    server = PolicyServer(policy, ServerConfig(host="127.0.0.1", port=0))
-    ready, stop, loop = threading.Event(), None, None
-
-    def serve():
-        nonlocal stop, loop
-        loop = asyncio.new_event_loop()
-        stop = asyncio.Event()
-        started = asyncio.Event()
-        task = loop.create_task(server.serve(started, stop))
-        loop.run_until_complete(started.wait())
-        ready.set()
-        loop.run_until_complete(task)
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        first, second = (PolicyClient(f"ws://127.0.0.1:{server.port}") for _ in range(2))
+    with InProcessServer(policy) as server:
+        first, second = (PolicyClient(server.url) for _ in range(2))
         encoded = [first.request(protocol.act_request(w, i, seed=0))["server_timing"]["encoded_frames"]
                    for i, w in enumerate(windows)]
         assert encoded == [1, 1, 1, 1]
@@ -109,6 +91,3 @@ def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path
         assert np.array_equal(reply["plan"], expected.plan.astype(np.float32))
         first.close()
         second.close()
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
