@@ -190,6 +190,9 @@ class Policy(nn.Module):
         best = int(scores.argmin()) if scores is not None else 0
         plan = self.normalizer.unnormalize(self.cfg.data.action_key,
                                            candidates[row, best, self.cfg.data.n_obs - 1:].float().cpu().numpy())
+        if window.committed:  # the committed queue as it was sent, not through the normalizer's round trip
+            n = min(window.committed, len(plan))
+            plan[:n] = np.asarray(window.queued[:n], plan.dtype)
         return ActionChunk(plan[: self.cfg.data.n_action_steps], window.t, plan,
                            None if scores is None else scores.float().cpu().numpy(), how, best)
 

@@ -45,11 +45,13 @@ def test_known_tokens_come_back_exactly_and_rows_without_any_are_untouched(name)
     n_obs = head.n_obs
     cond = torch.randn(3, n_obs, 4)
     known = _known(3, n_obs - 1, [3, 0, 1])  # row 1: nothing known
+    known.values[~known.mask] = float("nan")  # read only where the mask says: NaN elsewhere must not leak
 
     def gens():
         return [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
     plain, _ = head.sample(cond, k=2, generators=gens())
     with_known, _ = head.sample(cond, k=2, generators=gens(), known=known)
+    assert torch.isfinite(with_known).all()
     for r, n in enumerate([3, 0, 1]):
         fixed = with_known[r, :, n_obs - 1: n_obs - 1 + n]
         assert torch.equal(fixed, known.values[r, n_obs - 1: n_obs - 1 + n].expand_as(fixed))
@@ -82,8 +84,9 @@ def _follow_share(head, guidance_of=None) -> tuple[float, float]:
 
 def test_diffusion_inpainting_makes_the_free_tokens_follow_the_known_ones():
     """Bimodal demonstrations: unconditioned, both modes come out; with the start of the positive mode
-    known, (nearly) every candidate continues it. Replacement-only inpainting (guidance 0) does not: at
-    DDIM-10 about a quarter of its candidates jump to the other mode, which is why the head guides."""
+    known, (nearly) every candidate continues it, with DDIM-10 and with DDPM-100 (where unscaled guidance
+    would blow up at the noisiest steps). Replacement-only inpainting (guidance 0) does not: candidates
+    still jump to the other mode, which is why the head guides."""
     torch.manual_seed(0)
     head = _heads()["diffusion"]()
     optim = torch.optim.AdamW(head.parameters(), lr=3e-3)
@@ -95,8 +98,11 @@ def test_diffusion_inpainting_makes_the_free_tokens_follow_the_known_ones():
     head.eval()
     free, guided = _follow_share(head)
     assert 0.25 < free < 0.75, f"the trained head should be bimodal, {free:.2f} positive"
-    assert guided >= 0.95, f"only {guided:.2f} of the candidates follow the known start"
-    head.cfg.inpaint_guidance = 0.0
+    assert guided >= 0.95, f"DDIM-10: only {guided:.2f} of the candidates follow the known start"
+    head.cfg.sampler = "ddpm"
+    _, guided_ddpm = _follow_share(head)
+    assert guided_ddpm >= 0.95, f"DDPM-100: only {guided_ddpm:.2f} of the candidates follow the known start"
+    head.cfg.sampler, head.cfg.inpaint_guidance = "ddim", 0.0
     _, replaced = _follow_share(head)
     assert replaced < guided - 0.1, f"replacement alone {replaced:.2f}, guided {guided:.2f}"
 
@@ -113,6 +119,9 @@ def test_ebt_warm_start_training_mixes_in_committed_prefixes():
     assert not known.mask[:, : TO - 1].any()  # never the past
     starts = known.mask[..., 0].float().argmax(1)[lengths > 0]
     assert (starts == TO - 1).all() and lengths.max() == (H - TO + 1) // 2
+    loss = head.loss(torch.randn(64, TO, 4), actions[:64])
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
     head.cfg.warm_start_frac = 0.0
     assert head._training_known(actions) is None
     # re-projection: a step moves the free tokens and leaves the known ones at their values, velocity zero
@@ -122,18 +131,32 @@ def test_ebt_warm_start_training_mixes_in_committed_prefixes():
 
 
 def test_ptp_keeps_its_past_free_so_verification_still_tells_candidates_apart():
-    """The policy fixes only tokens from To-1 on: each candidate's predicted past is its own, and their
-    distances to the executed past differ (inpainting the executed past would make them all zero)."""
+    """Through the policy: a window with an executed past and two committed queued actions. The chunk
+    starts with the committed actions exactly; the known tokens the head gets start at To-1 (never the
+    past), so each candidate's predicted past is its own and the verifier's past scores differ (had the
+    executed past been inpainted, every candidate would score the same, zero)."""
+    from robopolicy.config import load_config
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.data.store import Field
+    from robopolicy.data.windows import Window
+    from robopolicy.policy import Policy
+
+    cfg = load_config("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=32", "data.n_obs=4", "data.horizon=12",
+                              "data.stride=1"])
+    schema = {"state": Field((5,), np.dtype("float32")), "action": Field((3,), np.dtype("float32"))}
+    rng = np.random.default_rng(0)
+    data = {"state": rng.normal(size=(50, 5)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (50, 3)).astype(np.float32)}
     torch.manual_seed(0)
-    head = _heads()["ptp"]().eval()
-    n_obs = head.n_obs
-    known = _known(1, n_obs - 1, [2])
-    chunks, info = head.sample(torch.randn(1, n_obs, 4), k=4, generators=[torch.Generator().manual_seed(0)],
-                               known=known)
-    assert torch.equal(info["past"], chunks[:, :, : n_obs - 1])
-    executed = torch.zeros(n_obs - 1, DA)
-    scores = ((info["past"][0] - executed) ** 2).mean(dim=(1, 2))
-    assert len(set(scores.tolist())) == 4 and (scores > 0).all()
+    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval()
+    queued = rng.uniform(-0.5, 0.5, (6, 3)).astype(np.float32)
+    window = Window({"state": data["state"][:4]}, t=3, actions_at_past_frames=data["action"][:3], queued=queued,
+                    committed=2)
+    known = policy._known([window])
+    assert known.mask[0].nonzero().flatten().tolist() == [3, 4]  # tokens To-1, To: the committed queue only
+    chunk = policy.act([window], k=4, generators=[torch.Generator().manual_seed(0)])[0]
+    assert chunk.method == "past" and np.array_equal(chunk.plan[:2], queued[:2])
+    assert len(set(np.round(chunk.scores, 9).tolist())) == 4 and (chunk.scores > 1e-6).all()
 
 
 def test_the_rtc_scheduler_commits_what_runs_before_the_reply_and_drops_none_of_it():
@@ -156,8 +179,8 @@ def test_the_rtc_scheduler_commits_what_runs_before_the_reply_and_drops_none_of_
 
 def test_the_loop_with_rtc_gets_chunks_that_start_with_the_queue_it_keeps(reach_run):
     """Lockstep clock, latency of two control periods, through the in-process link: each request commits
-    the queued actions due before its reply; the reply's first actions equal them (up to the normalizer's
-    round trip), the arm executes them as queued, and no action is dropped or starved."""
+    the queued actions due before its reply; the reply's first actions are exactly them, the arm executes
+    them as queued, and no action is dropped or starved."""
     from robopolicy import envs
     from robopolicy.policy import Policy
     from robopolicy.serve.client import LocalLink
@@ -183,7 +206,7 @@ def test_the_loop_with_rtc_gets_chunks_that_start_with_the_queue_it_keeps(reach_
     committed = [(req, rep) for req, rep in seen if req.get("committed")]
     assert len(committed) >= 6 and all(req["committed"] == 2 for req, _ in committed)
     for req, rep in committed:
-        np.testing.assert_allclose(rep["plan"][:2], req["queued"][:2], atol=1e-5)
+        assert np.array_equal(rep["plan"][:2], req["queued"][:2])
     ep = result.episodes[0]
     assert ep.dropped == 0 and ep.starved == 0 and ep.ended == "done"
     # what the arm executed at the committed steps is the old queue itself

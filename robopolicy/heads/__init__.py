@@ -21,8 +21,12 @@ class Known:
     mask: torch.Tensor  # (B, H) bool
 
     def per_candidate(self, k: int) -> Known:
-        """Each row's tokens repeated for its K candidates: (B*K, H, Da), (B*K, H, 1)."""
-        return Known(self.values.repeat_interleave(k, dim=0), self.mask.repeat_interleave(k, dim=0)[..., None])
+        """Each row's tokens repeated for its K candidates: (B*K, H, Da), (B*K, H, 1); values outside the mask
+        zeroed, so whatever they held (even NaN) cannot leak into a loss or a guidance gradient."""
+        mask = self.mask.repeat_interleave(k, dim=0)[..., None]
+        values = torch.where(mask, self.values.repeat_interleave(k, dim=0), torch.zeros((), dtype=self.values.dtype,
+                                                                                       device=self.values.device))
+        return Known(values, mask)
 
     def apply(self, x: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (B*K, H, Da) with the known tokens set (to ``values`` if given: e.g. the noised ones); a

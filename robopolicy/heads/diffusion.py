@@ -36,7 +36,7 @@ class DiffusionHeadConfig:
     n_head: int = 4
     n_emb: int = 256
     p_drop_attn: float = 0.3
-    inpaint_guidance: float = 0.5  # known actions (real-time chunking): the weight w of ``_inpaint`` (0: replace)
+    inpaint_guidance: float = 2.0  # known actions (real-time chunking): the weight w of ``_inpaint`` (0: replace)
     supervise_past: bool = False  # True: Past-Token Prediction (all H tokens); False: tokens To-1..H-1
     scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
                                                              "prediction_type": "epsilon", "clip_sample": True})
@@ -97,9 +97,14 @@ class DiffusionHead(nn.Module):
     def _inpaint(self, x, t, condition, known: Known, start, scheduler) -> torch.Tensor:
         """Before denoising step t: the known tokens set to the known actions noised to t's level (with the
         candidate's own starting noise, so nothing extra is drawn), then the whole chunk nudged so that the
-        denoiser's clean estimate agrees with them: x -= w * grad_x ||mask * (x0_hat(x) - known)||^2
-        (guided inpainting, as real-time chunking does it; replacement alone leaves the free tokens
-        ignoring the known ones when there are few steps). Rows without known tokens: gradient 0, x kept."""
+        denoiser's clean estimate agrees with them (guided inpainting, as real-time chunking does it;
+        replacement alone leaves free tokens ignoring the known ones):
+
+            x -= w * alphas_cumprod[t] * grad_x ||mask * (x0_hat(x) - known)||^2
+
+        The level factor makes it a step of about the same size in x0's space at every noise level (the raw
+        gradient grows like 1 / alphas_cumprod[t], which would blow up at DDPM's noisiest steps). Rows
+        without known tokens: gradient 0, x kept bit for bit."""
         level = scheduler.alphas_cumprod[t].to(x.device)
         x = known.apply(x, level.sqrt() * known.values + (1 - level).sqrt() * start)
         w = self.cfg.inpaint_guidance
@@ -110,7 +115,7 @@ class DiffusionHead(nn.Module):
             eps = self.denoiser(xg, t.to(x.device).reshape(1), condition.clone())
             x0 = (xg - (1 - level).sqrt() * eps) / level.sqrt()
             (grad,) = torch.autograd.grad(((x0 - values) ** 2 * mask).sum(), xg)
-        return x - w * grad.detach()
+        return x - (w * level) * grad.detach()
 
     def _condition(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, To, D) per-frame features as the denoiser takes them."""

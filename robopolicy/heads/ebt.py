@@ -167,7 +167,8 @@ class EBTHead(nn.Module):
                 a_new, v_new = self._project(known, a_new.detach(), v_new.detach())
                 keep = active[:, None, None]
                 a, v = torch.where(keep, a_new, a), torch.where(keep, v_new, v)
-                active &= grad.flatten(1).norm(dim=1) > cfg.min_grad
+                free = grad if known is None else torch.where(known.mask, torch.zeros_like(grad), grad)
+                active &= free.flatten(1).norm(dim=1) > cfg.min_grad  # known tokens cannot move: not counted
                 i += 1
             a, _, _, _ = self._step(a, v, tokens, i, steps, train=False)
             a, _ = self._project(known, a.detach(), v)

@@ -31,7 +31,7 @@ class PTPHeadConfig:
     train_steps: int = 100
     sampler: str = "ddpm"  # the paper: DDPM with all 100 steps; "ddim" with inference_steps for CPU configs
     inference_steps: int = 100
-    inpaint_guidance: float = 0.5  # known actions (real-time chunking): see DiffusionHead._inpaint
+    inpaint_guidance: float = 2.0  # known actions (real-time chunking): see DiffusionHead._inpaint
     scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
                                                              "prediction_type": "epsilon", "clip_sample": True})
 

@@ -23,7 +23,7 @@ import robopolicy
 from robopolicy.data.windows import Window
 from robopolicy.policy import Policy
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: act requests may carry 'committed' and 'retry_above' (a server of 1 would ignore them)
 RNG_BYTES = len(torch.Generator().get_state())  # a CPU generator's state
 
 

@@ -76,7 +76,7 @@ def run(link, robot: str, seeds: list[int], cfg: LoopConfig, lockstep: bool = Fa
             finally:
                 gc.enable()
             episodes.append(ep)
-            if out and len(episodes) <= videos and hasattr(arm.driver, "executed"):
+            if out and len(episodes) <= videos and getattr(arm.driver, "executed", None):
                 (out / "actions").mkdir(exist_ok=True)
                 np.save(out / "actions" / f"{seed}.npy", np.stack(arm.driver.executed), allow_pickle=False)
             if out:
