@@ -3,11 +3,12 @@ the same seeds for every cell (paired), on the lockstep clock (deterministic: a 
 exactly the injected latency after its request, in simulated time), one task per head.
 
     python benchmarks/latency_strategy.py OUT.json CHECKPOINT:TASK [CHECKPOINT:TASK ...] [--episodes 30]
-        [--latencies 0,1,2,4]
+        [--latencies 0,1,2,4] [--strategies replan,ensemble,rtc] [--redo rtc]
 
 Per cell: success, dropped actions (arrived after they were due), starved ticks (nothing due: the arm
 held), chunks requested; per latency, rtc against replan on the same seeds: discordant pairs and
-McNemar's exact p. The policy runs in this process (LocalLink: the server's request handling without
+McNemar's exact p. Reruns resume (finished cells are kept, each with the commit it ran at; ``--redo S``
+recomputes strategy S's cells). The policy runs in this process (LocalLink: the server's request handling without
 the socket), one thread, so the figures do not depend on the machine's speed.
 """
 from __future__ import annotations
@@ -62,23 +63,27 @@ def main(argv: list[str]) -> None:
     episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 30
     latencies = [int(x) for x in argv[argv.index("--latencies") + 1].split(",")] if "--latencies" in argv \
         else [0, 1, 2, 4]
+    strategies = argv[argv.index("--strategies") + 1].split(",") if "--strategies" in argv else list(STRATEGIES)
+    redo = argv[argv.index("--redo") + 1].split(",") if "--redo" in argv else []
     pairs = [a for a in argv[1:] if ":" in a and not a.startswith("--")]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     torch.set_num_threads(1)
     seeds = list(envs.eval_seeds(episodes))
     previous = json.loads(out.read_text()) if out.exists() else {}
-    rows = {(r["checkpoint"], r["strategy"], r["latency_periods"]): r for r in previous.get("cells", [])}
+    rows = {(r["checkpoint"], r["strategy"], r["latency_periods"]): r for r in previous.get("cells", [])
+            if r["strategy"] not in redo}
     t0 = time.time()
     for pair in pairs:
         checkpoint, task = pair.rsplit(":", 1)
         policy = Policy.load(checkpoint).eval()
         ident = checkpoint_hash(checkpoint)
         for periods in latencies:
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 if (ident, strategy, periods) in rows:  # resumes: a finished cell is kept
                     continue
                 r = cell(policy, task, seeds, strategy, periods)
                 r.update(checkpoint=ident, head=policy.cfg.policy.head, task=task, n_obs=policy.cfg.data.n_obs,
-                         n_action_steps=policy.cfg.data.n_action_steps)
+                         n_action_steps=policy.cfg.data.n_action_steps, commit=commit)
                 rows[(ident, strategy, periods)] = r
                 print(f"{r['head']:9s} {task:10s} latency {periods} x period  {strategy:8s} success "
                       f"{r['success_rate']:.2f}  dropped {r['dropped']:5d}  starved {r['starved']:4d}  "
