@@ -86,16 +86,21 @@ class EnvJobs:
 
 
 def run_chunk(env, actions: np.ndarray) -> ChunkResult:
-    observations, success_at, success = [], None, False
+    """Step ``actions``, each clipped to the action space first (what the env executes; the safety shield
+    clamps the same way), so the recorded executed actions are what physics was stepped with."""
+    observations, executed, success_at, success = [], [], None, False
+    space = env.action_space
     for i, action in enumerate(actions):
+        action = np.clip(np.asarray(action, np.float32), space.low, space.high).astype(np.float32)
         obs, _, terminated, truncated, info = env.step(action)
         observations.append(obs)
+        executed.append(action)
         success = bool(info.get("success", False))
         if success and success_at is None:
             success_at = i
         if terminated or truncated:
-            return ChunkResult(observations, True, success, success_at)
-    return ChunkResult(observations, False, success, success_at)
+            return ChunkResult(observations, True, success, success_at, executed)
+    return ChunkResult(observations, False, success, success_at, executed)
 
 
 class LocalEnv:
@@ -127,6 +132,7 @@ class ChunkResult:
     ended: bool  # the episode terminated or hit its time limit
     success: bool  # the task's success flag after the last step
     success_at: int | None  # index of the first action after which the task reported success
+    actions: list[np.ndarray] = field(default_factory=list)  # what was executed (clipped to the action space)
 
 
 @dataclass
@@ -232,7 +238,7 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
             result = collect(i)
             if result is None:
                 continue
-            for action, obs in zip(todo[i], result.observations):
+            for action, obs in zip(result.actions, result.observations):
                 r.history.record(action, obs)
             if result.success_at is not None and r.episode.success_step is None:
                 r.episode.success_step = r.history.t - len(result.observations) + result.success_at + 1

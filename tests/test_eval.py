@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
@@ -262,3 +263,18 @@ def test_robomimic_round_trip_lift_demos_imported_trained_and_evaluated_in_the_r
     assert meta["env_specs"]["lift"]["type"] == "robomimic"  # rebuilt from the stored spec
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["tasks"]["lift"]["episodes"] == 2 and not summary["tasks"]["lift"]["errors"]
+
+
+def test_a_chunk_records_what_physics_executed_clipped_to_the_action_space():
+    """Executed actions are what the env stepped with (clipped to its action space, as the safety shield
+    clamps on the served path): eval's and the served loop's records and PTP's past agree (EBT's actions can
+    leave [-1, 1]; without the clip the two records differ though the physics is the same)."""
+    from robopolicy import envs
+    from robopolicy.eval.rollout import run_chunk
+
+    env = envs.make("reach")
+    env.reset(seed=0)
+    result = run_chunk(env, np.array([[2.0, -3.0, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]], np.float32))
+    assert np.array_equal(np.stack(result.actions), np.array([[1.0, -1.0, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]],
+                                                              np.float32))
+    env.close()
