@@ -69,6 +69,15 @@ def test_consecutive_windows_encode_one_new_frame_and_act_as_if_encoded_afresh(t
     assert torch.equal(one[0], fresh[-1])
 
 
+def test_the_cache_keeps_the_most_recently_used_frames():
+    cache = FrameCache(2)
+    for d in (b"a", b"b"):
+        cache.put(d, torch.zeros(1))
+    assert cache.get(b"a") is not None  # a is now the most recent
+    cache.put(b"c", torch.ones(1))
+    assert cache.get(b"b") is None and cache.get(b"a") is not None and cache.get(b"c") is not None
+
+
 def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path):
     from conftest import InProcessServer
     from robopolicy.serve import protocol

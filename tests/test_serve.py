@@ -207,8 +207,9 @@ def test_health_answers_while_a_slow_chunk_is_in_flight(server, policy):
 def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_alone(server, policy):
     from robopolicy.serve.client import PolicyClient
 
-    clients = [PolicyClient(server.url) for _ in range(3)]
+    clients = [PolicyClient(server.url) for _ in range(4)]
     windows = [_window(policy, seed=1_000_000 + i, steps=5 + i) for i in range(2)]
+    unsure = _window(policy, steps=3, queued=True)  # sampled another way (K=2, retried): a call of its own
     blocker = protocol.act_request(_window(policy, queued=True), 99, k=64, seed=0)
     replies = {}
 
@@ -221,6 +222,8 @@ def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_al
     time.sleep(0.05)  # past the engine's 2 ms gather window: the blocker is computing, alone
     rest = [threading.Thread(target=call, args=(i + 1, protocol.act_request(w, i, seed=7 + i)))
             for i, w in enumerate(windows)]
+    rest.append(threading.Thread(target=call, args=(3, protocol.act_request(unsure, 5, k=2, seed=11,
+                                                                             retry_above=-1.0))))
     for th in rest:
         th.start()
     for th in [first, *rest]:
@@ -232,6 +235,10 @@ def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_al
         assert reply["type"] == "chunk" and reply["server_timing"]["batch"] == 2  # they waited, then shared a call
         alone = policy.act([w], generators=[torch.Generator().manual_seed(7 + i)])[0]
         assert np.array_equal(reply["actions"], alone.actions) and reply["id"] == i
+    reply = replies[3]
+    assert reply["server_timing"]["batch"] == 1 and reply["retried"] == 1 and reply["method"] == "coherence"
+    alone = policy.act([unsure], k=2, generators=[torch.Generator().manual_seed(11)], retry_above=-1.0)[0]
+    assert np.array_equal(reply["actions"], alone.actions)
 
 
 def test_act_batch_1_serves_each_row_alone_and_says_so(policy, monkeypatch):
