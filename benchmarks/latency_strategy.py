@@ -4,6 +4,7 @@ exactly the injected latency after its request, in simulated time), one task per
 
     python benchmarks/latency_strategy.py OUT.json CHECKPOINT:TASK [CHECKPOINT:TASK ...] [--episodes 30]
         [--latencies 0,1,2,4] [--strategies replan,ensemble,rtc] [--redo rtc]
+    python benchmarks/latency_strategy.py merge OUT.json PART.json [PART.json ...]
 
 Per cell: success, dropped actions (arrived after they were due), starved ticks (nothing due: the arm
 held), chunks requested; per latency, rtc against replan on the same seeds: discordant pairs and
@@ -138,5 +139,20 @@ def _write(out: Path, argv, rows: dict, seeds, t0: float, previous: dict) -> Non
     out.write_text(json.dumps(result, indent=1))
 
 
+def merge(out: Path, parts: list[Path]) -> None:
+    """One artifact from per-head runs (each run's command and commit kept)."""
+    runs = [json.loads(p.read_text()) for p in parts]
+    cells = [c for r in runs for c in r["cells"]]
+    result = {"commands": [r["command"] for r in runs], "commits": sorted({r["commit"] for r in runs}),
+              "machine": runs[0]["machine"], "clock": "lockstep", "episodes": runs[0]["episodes"],
+              "seeds": runs[0]["seeds"], "wall_s": sum(r["wall_s"] for r in runs), "cells": cells,
+              "rtc_vs_replan": paired(cells), "table": table(cells)}
+    out.write_text(json.dumps(result, indent=1))
+    print(result["table"])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["merge"]:  # python benchmarks/latency_strategy.py merge OUT.json PART.json ...
+        merge(Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+    else:
+        main(sys.argv[1:])
