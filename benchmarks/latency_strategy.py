@@ -139,20 +139,23 @@ def _write(out: Path, argv, rows: dict, seeds, t0: float, previous: dict) -> Non
     out.write_text(json.dumps(result, indent=1))
 
 
-def merge(out: Path, parts: list[Path]) -> None:
-    """One artifact from per-head runs (each run's command and commit kept)."""
+def merge(out: Path, parts: list[Path], note: str = "") -> None:
+    """One artifact from per-head runs (each run's command and commit kept; ``note``: how they were run)."""
     runs = [json.loads(p.read_text()) for p in parts]
     cells = [c for r in runs for c in r["cells"]]
     result = {"commands": [r["command"] for r in runs], "commits": sorted({r["commit"] for r in runs}),
               "machine": runs[0]["machine"], "clock": "lockstep", "episodes": runs[0]["episodes"],
               "seeds": runs[0]["seeds"], "wall_s": sum(r["wall_s"] for r in runs), "cells": cells,
-              "rtc_vs_replan": paired(cells), "table": table(cells)}
+              "rtc_vs_replan": paired(cells), "table": table(cells), "note": note}
     out.write_text(json.dumps(result, indent=1))
     print(result["table"])
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["merge"]:  # python benchmarks/latency_strategy.py merge OUT.json PART.json ...
-        merge(Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+    if sys.argv[1:2] == ["merge"]:  # merge OUT.json PART.json ... [--note TEXT]
+        args = sys.argv[2:]
+        note = args[args.index("--note") + 1] if "--note" in args else ""
+        paths = [a for a in args if a.endswith(".json")]
+        merge(Path(paths[0]), [Path(p) for p in paths[1:]], note)
     else:
         main(sys.argv[1:])
