@@ -223,6 +223,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from robopolicy.eval import results
+
+    plan = results.load_plan(args.plan)
+    action = "check" if args.check else args.action or "table"
+    if action == "run":
+        written = results.run(plan, args.only, workers=args.workers, progress=not args.quiet)
+        print(f"{len(written)} cell(s) made; artifacts in {plan.artifacts}")
+        action = "table"
+    if action == "table":
+        changed = results.write_readme(plan, args.readme)
+        print(f"{args.readme}: results section {'regenerated' if changed else 'already up to date'}")
+        return 0
+    problem = results.check(plan, args.readme)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    print(f"{args.readme}: the results section matches the {len(results.read_artifacts(plan))} artifacts")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "data":
         from robopolicy.bench.data import run_data_bench
@@ -407,6 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("results", help="the results table: make its cells, regenerate it, check it",
+                       description="`run` trains and evaluates every cell of the plan that has no artifact yet "
+                                   "(each step resumes across interruptions and sessions) and regenerates the "
+                                   "README's results section; `table` regenerates it from the artifacts; "
+                                   "`--check` exits 1 when the README and the artifacts disagree (CI runs it).")
+    p.add_argument("action", nargs="?", choices=("run", "table", "check"), help="default: table")
+    p.add_argument("--check", action="store_true", help="the same as the `check` action")
+    checkout = Path(__file__).resolve().parent.parent  # the repository (an editable install)
+    p.add_argument("--plan", default=str(checkout / "benchmarks" / "results.yaml"), help="cells (default: the "
+                   "repository's benchmarks/results.yaml)")
+    p.add_argument("--readme", default=str(checkout / "README.md"), help="README to write or check (default: the "
+                   "repository's)")
+    p.add_argument("--only", help="cells whose name matches this glob, e.g. 'cue-reach.*'")
+    p.add_argument("--workers", type=int, default=1, help="evaluation env workers (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("bench", help="side-by-side benchmarks that print ratios")
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")

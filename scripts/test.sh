@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${ROBOPOLICY_VENV:-.venv}
 "$VENV/bin/ruff" check .
+"$VENV/bin/robopolicy" results --check   # the README's results section is what the artifacts generate
 exec "$VENV/bin/python" -m pytest -q "$@"

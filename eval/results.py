@@ -1,0 +1,261 @@
+"""`robopolicy results`: the results table, regenerated from committed artifacts.
+
+A plan (``benchmarks/results.yaml``) lists cells: a task, a shipped config with overrides, how many expert
+demos, a training seed, how many evaluation episodes (and K). ``run`` makes every cell that has no
+artifact yet: it collects the demos, trains, evaluates, and writes ``<artifacts>/<cell>.json`` with the
+per-episode records, the checkpoint hash, the config, the command, the commit, package versions, the
+machine and the training and evaluation wall-clock. Each step resumes (the store continues, training
+resumes from its last checkpoint, evaluation from its records), so an interrupted run, or one spread
+over sessions, picks up where it stopped; the work folder is git-ignored, the artifacts are committed.
+``table`` writes the README's results section from the artifacts alone, between two markers;
+``check`` (in CI) fails when the README and the artifacts disagree. No figure is typed by hand.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from robopolicy.errors import ConfigError
+
+BEGIN, END = "<!-- results:begin (robopolicy results table) -->", "<!-- results:end -->"
+
+
+@dataclass
+class Cell:
+    name: str  # unique; names the artifact file
+    task: str
+    config: str  # a shipped config or a YAML path
+    overrides: list[str] = field(default_factory=list)
+    demos: int = 50
+    episodes: int = 50  # evaluation episodes (evaluation seeds, the same for every cell of a task)
+    seed: int = 0  # training seed
+    obs: str = "state"
+    k: int = 1  # candidates per chunk at evaluation
+    label: str = ""  # what the table calls the row (default: the name)
+
+
+@dataclass
+class ResultsPlan:
+    cells: list[Cell]
+    work: Path  # stores, runs, evaluations (git-ignored)
+    artifacts: Path  # one JSON per cell (committed)
+    path: Path | None = None
+    root: Path = Path(".")  # what paths in the table are relative to (the repository)
+
+
+def load_plan(path: str | Path) -> ResultsPlan:
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"results plan {path}: no such file (the shipped one is benchmarks/results.yaml)")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    unknown = set(raw) - {"work", "artifacts", "cells"}
+    if unknown:
+        raise ConfigError(f"results plan {path}: unknown keys {sorted(unknown)} (work, artifacts, cells)")
+    cells, names = [], set()
+    for i, c in enumerate(raw.get("cells") or []):
+        try:
+            cell = Cell(**c)
+        except TypeError as e:
+            raise ConfigError(f"results plan {path}: cell {i}: {e} (fields: {', '.join(Cell.__dataclass_fields__)})"
+                              ) from None
+        if cell.name in names or not cell.name.replace(".", "").replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"results plan {path}: cell name {cell.name!r} is repeated or not [A-Za-z0-9._-]")
+        names.add(cell.name)
+        cells.append(cell)
+    root = path.parent.parent if path.parent.name == "benchmarks" else path.parent
+    return ResultsPlan(cells, root / raw.get("work", "runs/results"),
+                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root)
+
+
+def select(plan: ResultsPlan, only: str | None) -> list[Cell]:
+    cells = [c for c in plan.cells if only is None or fnmatch.fnmatch(c.name, only)]
+    if only is not None and not cells:
+        raise ConfigError(f"no cell of {plan.path} matches {only!r}")
+    return cells
+
+
+# ------------------------------------------------------------------ making cells
+def run(plan: ResultsPlan, only: str | None = None, workers: int = 1, progress: bool = True) -> list[Path]:
+    """Make every selected cell that has no artifact yet; returns the artifacts written now."""
+    written = []
+    for cell in select(plan, only):
+        artifact = plan.artifacts / f"{cell.name}.json"
+        if artifact.exists():
+            continue
+        print(f"== {cell.name}: {cell.config} {' '.join(cell.overrides)} on {cell.task} ({cell.demos} demos, "
+              f"seed {cell.seed}, {cell.episodes} episodes, K={cell.k})", flush=True)
+        written.append(make_cell(plan, cell, workers, progress))
+    return written
+
+
+def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = True) -> Path:
+    from robopolicy.collect import collect
+    from robopolicy.config import load_config
+    from robopolicy.eval.runner import Plan, evaluate, read_records
+    from robopolicy.eval.suite import task_suite
+    from robopolicy.policy import checkpoint_hash
+    from robopolicy.train.trainer import train
+
+    store_path = plan.work / "stores" / f"{cell.task}-{cell.obs}-{cell.demos}.zarr"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    store, _, _ = collect(cell.task, cell.demos, store_path, obs=cell.obs, progress=progress)
+    store.close()
+    run_dir, eval_dir = plan.work / "runs" / cell.name, plan.work / "evals" / cell.name
+    clock = run_dir / "train_wall_s.json"  # training wall-clock, summed over the sessions it took
+    cfg = load_config(cell.config, [*cell.overrides, f"train.seed={cell.seed}"])
+    if _unfinished(run_dir, cfg.train.steps):
+        resume = (run_dir / "train_state.pt").exists()
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing there to keep
+        t0 = time.time()
+        train(cfg, store_path, run_dir, resume=resume, progress=progress)
+        spent = json.loads(clock.read_text())["s"] if clock.exists() else 0.0
+        clock.write_text(json.dumps({"s": spent + time.time() - t0}))
+    suite = task_suite(cell.task, cell.obs, episodes=cell.episodes)
+    t0 = time.time()
+    evaluate(Plan(suite, {cell.task: run_dir / "policy"}, k=cell.k), eval_dir, workers=workers, progress=progress)
+    records = sorted(read_records(eval_dir), key=lambda r: r["seed"])
+    artifact = {
+        "cell": asdict(cell), "command": f"robopolicy results run --only {cell.name}",
+        "commit": _git("rev-parse", "HEAD"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": _versions(), "checkpoint": checkpoint_hash(run_dir / "policy"),
+        "config": _config_dict(cfg), "train_wall_s": json.loads(clock.read_text())["s"] if clock.exists() else None,
+        "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),
+        "trials": len(records),
+        "episodes": [{"seed": r["seed"], "success": bool(r["success"]), "length": r["length"]} for r in records],
+    }
+    plan.artifacts.mkdir(parents=True, exist_ok=True)
+    path = plan.artifacts / f"{cell.name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(artifact, indent=1))
+    tmp.replace(path)  # whole or not at all
+    return path
+
+
+def _unfinished(run_dir: Path, steps: int) -> bool:
+    """Training has not reached its last step (or wrote no policy yet)."""
+    log = run_dir / "log.jsonl"
+    if not log.exists() or not (run_dir / "policy" / "model.safetensors").exists():
+        return True
+    done = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    return max(done, default=0) < steps
+
+
+def _config_dict(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def _git(*args: str) -> str:
+    r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return r.stdout.strip() or "unknown"
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("robopolicy", "torch", "numpy", "mujoco", "metaworld", "diffusers", "zarr"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ------------------------------------------------------------------ the table
+def read_artifacts(plan: ResultsPlan) -> dict[str, dict]:
+    out = {}
+    for cell in plan.cells:
+        path = plan.artifacts / f"{cell.name}.json"
+        if path.exists():
+            try:
+                out[cell.name] = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: not valid JSON ({e}); remove it and rerun `robopolicy results run`"
+                                  ) from None
+    return out
+
+
+def table(plan: ResultsPlan) -> str:
+    """The README's results section, from the artifacts alone (cells without one are listed as pending)."""
+    from robopolicy.eval.stats import wilson_interval
+
+    found = read_artifacts(plan)
+    lines = [f"Generated by `robopolicy results table` from `{_relative(plan.artifacts, plan.root)}/` "
+             f"({len(found)} of {len(plan.cells)} cells of `{plan.path.name if plan.path else 'the plan'}`); "
+             "`robopolicy results --check` (CI) fails if this section and the artifacts disagree.", ""]
+    for task in dict.fromkeys(c.task for c in plan.cells):
+        cells = [c for c in plan.cells if c.task == task]
+        lines += [f"**{task}**", "", "| cell | config | demos | K | success | 95% Wilson | train (min) |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in cells:
+            a = found.get(c.name)
+            config = " ".join([c.config, *c.overrides, f"seed={c.seed}"])
+            if a is None:
+                lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | pending | | |")
+                continue
+            lo, hi = wilson_interval(a["successes"], a["trials"])
+            minutes = "-" if a.get("train_wall_s") is None else f"{a['train_wall_s'] / 60:.1f}"
+            lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | {a['successes']}/{a['trials']} "
+                         f"= {a['successes'] / a['trials']:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _read(readme: Path) -> str:
+    if not readme.is_file():
+        raise ConfigError(f"{readme}: no such file (pass --readme README.md)")
+    return readme.read_text()
+
+
+def _section(readme: str, path: Path) -> tuple[int, int]:
+    a, b = readme.find(BEGIN), readme.find(END)
+    if a < 0 or b < a:
+        raise ConfigError(f"{path} has no results section: add the lines\n{BEGIN}\n{END}\nwhere it belongs")
+    return a + len(BEGIN), b
+
+
+def write_readme(plan: ResultsPlan, readme: str | Path) -> bool:
+    """Regenerate the section; returns whether it changed."""
+    readme = Path(readme)
+    text = _read(readme)
+    a, b = _section(text, readme)
+    new = text[:a] + "\n" + table(plan) + text[b:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+def check(plan: ResultsPlan, readme: str | Path) -> str | None:
+    """None when the README's section is what the artifacts generate; else what differs, in one message."""
+    readme = Path(readme)
+    text = _read(readme)
+    a, b = _section(text, readme)
+    have, want = text[a:b].strip("\n"), table(plan).strip("\n")
+    if have == want:
+        return None
+    diff = next((i for i, (x, y) in enumerate(zip(have.splitlines(), want.splitlines())) if x != y),
+                min(len(have.splitlines()), len(want.splitlines())))
+    got = (have.splitlines() + [""])[diff]
+    exp = (want.splitlines() + [""])[diff]
+    return (f"{readme}: the results section disagrees with the artifacts at its line {diff + 1}:\n  README:    {got}\n"
+            f"  artifacts: {exp}\nrun `robopolicy results table` to regenerate it (never edit it by hand)")

@@ -1,0 +1,70 @@
+"""`robopolicy results`: cells made once and resumed, the README section generated from artifacts, and
+a check that fails when the two disagree."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from robopolicy.errors import ConfigError
+from robopolicy.eval import results
+
+
+def test_the_shipped_plan_loads_and_every_cell_builds_its_config():
+    from robopolicy.config import load_config
+
+    plan = results.load_plan(ROOT / "benchmarks" / "results.yaml")
+    assert len(plan.cells) >= 21 and plan.artifacts == ROOT / "benchmarks" / "results" / "cells"
+    for cell in plan.cells:
+        load_config(cell.config, [*cell.overrides, f"train.seed={cell.seed}"])  # a typo in the plan fails here
+
+
+def test_bad_plans_fail_with_one_clear_message(tmp_path):
+    for text, match in (("cellz: []\n", "unknown keys"), ("cells:\n  - {name: a, task: reach, config: ebt, x: 1}\n",
+                                                             "cell 0"),
+                        ("cells:\n  - {name: a, task: reach, config: ebt}\n  - {name: a, task: reach, config: ebt}\n",
+                         "repeated")):
+        (tmp_path / "p.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            results.load_plan(tmp_path / "p.yaml")
+    with pytest.raises(ConfigError, match="no such file"):
+        results.load_plan(tmp_path / "nope.yaml")
+
+
+def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
+    (tmp_path / "results.yaml").write_text(
+        "work: work\nartifacts: cells\ncells:\n"
+        "  - {name: reach.tiny, task: reach, config: diffusion, demos: 4, episodes: 2, label: tiny,\n"
+        "     overrides: [train.steps=20, 'policy.diffusion.down_dims=[16,32]', data.batch_size=16,\n"
+        "                 train.log_every=10, train.checkpoint_every=10, train.tensorboard=false]}\n"
+        "  - {name: reach.later, task: reach, config: diffusion, demos: 4, episodes: 2}\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{results.BEGIN}\nstale\n{results.END}\n\nafter\n")
+    plan = results.load_plan(tmp_path / "results.yaml")
+    written = results.run(plan, only="reach.tiny", progress=False)
+    artifact = json.loads(written[0].read_text())
+    assert artifact["trials"] == 2 and [e["seed"] for e in artifact["episodes"]] == sorted(e["seed"] for e in
+                                                                                       artifact["episodes"])
+    assert artifact["checkpoint"] and artifact["commit"] and artifact["versions"]["torch"]
+    assert artifact["config"]["train"]["steps"] == 20 and artifact["train_wall_s"] > 0
+    # made once: a second run makes nothing; without the artifact it re-evaluates but does not retrain
+    assert results.run(plan, only="reach.tiny", progress=False) == []
+    written[0].unlink()
+    again = json.loads(results.run(plan, only="reach.tiny", progress=False)[0].read_text())
+    assert again["train_wall_s"] == artifact["train_wall_s"] and again["checkpoint"] == artifact["checkpoint"]
+    assert again["episodes"] == artifact["episodes"]  # the evaluation resumed from its records
+    # the section comes from the artifacts; the check catches an edit
+    assert results.check(plan, readme) is not None  # "stale"
+    assert results.write_readme(plan, readme)
+    text = readme.read_text()
+    assert text.endswith("\n\nafter\n") and f"{artifact['successes']}/2" in text and "pending" in text
+    assert results.check(plan, readme) is None
+    readme.write_text(text.replace(f"| {artifact['successes']}/2", "| 2/2" if artifact["successes"] != 2 else "| 0/2"))
+    problem = results.check(plan, readme)
+    assert problem is not None and "robopolicy results table" in problem
+    r = subprocess.run([sys.executable, "-m", "robopolicy.cli", "results", "--check", "--plan",
+                        str(tmp_path / "results.yaml"), "--readme", str(readme)], capture_output=True, text=True)
+    assert r.returncode == 1 and "disagrees" in r.stderr and "Traceback" not in r.stderr
