@@ -25,15 +25,6 @@ from pathlib import Path
 STRATEGIES = ("replan", "ensemble", "rtc")
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    import math
-
-    n = b + c
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)
-
-
 def cell(policy, task: str, seeds: list[int], strategy: str, periods: int) -> dict:
     from robopolicy.serve.client import LocalLink
     from robopolicy.serve.loop import LoopConfig
@@ -96,6 +87,8 @@ def main(argv: list[str]) -> None:
 
 def paired(cells: list[dict]) -> list[dict]:
     """rtc against replan per checkpoint and latency, on the same seeds."""
+    from robopolicy.eval.stats import mcnemar_exact
+
     out = []
     by = {(c["checkpoint"], c["strategy"], c["latency_periods"]): c for c in cells}
     for (ident, strategy, periods), c in sorted(by.items()):

@@ -14,7 +14,6 @@ Reports per-seed agreement of success, the discordant pairs with McNemar's exact
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
@@ -38,15 +37,6 @@ def _run(url: str, task: str, episodes: int, out: Path, lockstep: bool, strategy
     return [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact p of b vs c discordant pairs (binomial, p = 1/2)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
 def main(argv: list[str]) -> None:
     import numpy as np
     import torch
@@ -54,6 +44,7 @@ def main(argv: list[str]) -> None:
     from robopolicy import envs
     from robopolicy.bench.serve import start_server
     from robopolicy.eval.rollout import LocalEnv, run_episodes
+    from robopolicy.eval.stats import mcnemar_exact
     from robopolicy.policy import Policy, checkpoint_hash
 
     checkpoint, out = argv[0], Path(argv[1])

@@ -49,6 +49,7 @@ class ResultsPlan:
     artifacts: Path  # one JSON per cell (committed)
     path: Path | None = None
     root: Path = Path(".")  # what paths in the table are relative to (the repository)
+    compare: list[tuple[str, str]] = field(default_factory=list)  # cell pairs tested on the same seeds
 
 
 def load_plan(path: str | Path) -> ResultsPlan:
@@ -58,9 +59,9 @@ def load_plan(path: str | Path) -> ResultsPlan:
     if not path.is_file():
         raise ConfigError(f"results plan {path}: no such file (the shipped one is benchmarks/results.yaml)")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    unknown = set(raw) - {"work", "artifacts", "cells"}
+    unknown = set(raw) - {"work", "artifacts", "cells", "compare"}
     if unknown:
-        raise ConfigError(f"results plan {path}: unknown keys {sorted(unknown)} (work, artifacts, cells)")
+        raise ConfigError(f"results plan {path}: unknown keys {sorted(unknown)} (work, artifacts, cells, compare)")
     cells, names = [], set()
     for i, c in enumerate(raw.get("cells") or []):
         try:
@@ -72,9 +73,13 @@ def load_plan(path: str | Path) -> ResultsPlan:
             raise ConfigError(f"results plan {path}: cell name {cell.name!r} is repeated or not [A-Za-z0-9._-]")
         names.add(cell.name)
         cells.append(cell)
+    compare = [tuple(pair) for pair in raw.get("compare") or []]
+    bad = [p for p in compare if len(p) != 2 or not set(p) <= names]
+    if bad:
+        raise ConfigError(f"results plan {path}: compare entries must be two cell names, got {bad}")
     root = path.parent.parent if path.parent.name == "benchmarks" else path.parent
     return ResultsPlan(cells, root / raw.get("work", "runs/results"),
-                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root)
+                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root, compare)
 
 
 def select(plan: ResultsPlan, only: str | None) -> list[Cell]:
@@ -211,7 +216,27 @@ def table(plan: ResultsPlan) -> str:
             lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | {a['successes']}/{a['trials']} "
                          f"= {a['successes'] / a['trials']:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} |")
         lines.append("")
+        pairs = [(x, y) for x, y in plan.compare if x in {c.name for c in cells}]
+        if pairs:
+            lines += ["| paired, the same seeds | A only | B only | McNemar exact p |", "|---|---|---|---|"]
+            labels = {c.name: c.label or c.name for c in cells}
+            for x, y in pairs:
+                lines.append(f"| A {labels[x]} vs B {labels[y]} | " + _paired(found.get(x), found.get(y)) + " |")
+            lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _paired(a: dict | None, b: dict | None) -> str:
+    from robopolicy.eval.stats import mcnemar_exact
+
+    if a is None or b is None:
+        return "pending | | "
+    won_a = {e["seed"]: e["success"] for e in a["episodes"]}
+    won_b = {e["seed"]: e["success"] for e in b["episodes"]}
+    seeds = sorted(set(won_a) & set(won_b))
+    only_a = sum(won_a[s] and not won_b[s] for s in seeds)
+    only_b = sum(won_b[s] and not won_a[s] for s in seeds)
+    return f"{only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.3g} ({len(seeds)} seeds)"
 
 
 def _relative(path: Path, root: Path) -> str:

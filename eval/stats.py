@@ -21,3 +21,14 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 def format_rate(successes: int, trials: int) -> str:
     lo, hi = wilson_interval(successes, trials)
     return f"{successes}/{trials} = {successes / trials:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p of a paired comparison: ``b`` pairs only the first won, ``c`` only the
+    second (the binomial test of b against b + c at 1/2); ties carry no evidence."""
+    import math
+
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n)

@@ -40,7 +40,8 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
         "  - {name: reach.tiny, task: reach, config: diffusion, demos: 4, episodes: 2, label: tiny,\n"
         "     overrides: [train.steps=20, 'policy.diffusion.down_dims=[16,32]', data.batch_size=16,\n"
         "                 train.log_every=10, train.checkpoint_every=10, train.tensorboard=false]}\n"
-        "  - {name: reach.later, task: reach, config: diffusion, demos: 4, episodes: 2}\n")
+        "  - {name: reach.later, task: reach, config: diffusion, demos: 4, episodes: 2}\n"
+        "compare: [[reach.tiny, reach.later]]\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{results.BEGIN}\nstale\n{results.END}\n\nafter\n")
     plan = results.load_plan(tmp_path / "results.yaml")
@@ -61,6 +62,7 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
     assert results.write_readme(plan, readme)
     text = readme.read_text()
     assert text.endswith("\n\nafter\n") and f"{artifact['successes']}/2" in text and "pending" in text
+    assert "| A tiny vs B reach.later | pending" in text
     assert results.check(plan, readme) is None
     readme.write_text(text.replace(f"| {artifact['successes']}/2", "| 2/2" if artifact["successes"] != 2 else "| 0/2"))
     problem = results.check(plan, readme)
@@ -68,3 +70,11 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
     r = subprocess.run([sys.executable, "-m", "robopolicy.cli", "results", "--check", "--plan",
                         str(tmp_path / "results.yaml"), "--readme", str(readme)], capture_output=True, text=True)
     assert r.returncode == 1 and "disagrees" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_paired_rows_count_discordant_seeds():
+    a = {"episodes": [{"seed": s, "success": w} for s, w in ((1, True), (2, True), (3, False), (4, True))]}
+    b = {"episodes": [{"seed": s, "success": w} for s, w in ((1, False), (2, True), (3, True), (5, True))]}
+    assert results._paired(a, b) == "1 | 1 | 1 (3 seeds)"  # seed 4 and 5 are not shared: not counted
+    assert results._paired(a, None).startswith("pending")
+

@@ -16,3 +16,11 @@ def test_wilson_interval_refuses_impossible_counts():
         wilson_interval(6, 5)
     with pytest.raises(ValueError, match="trial"):
         wilson_interval(0, 0)
+
+
+def test_mcnemar_exact_matches_the_binomial_tail():
+    from robopolicy.eval.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(5, 0) == mcnemar_exact(0, 5) == 2 / 32  # both tails of 5 one-sided pairs
+    assert abs(mcnemar_exact(8, 2) - 2 * (1 + 10 + 45) / 1024) < 1e-12
