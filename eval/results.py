@@ -39,6 +39,8 @@ class Cell:
     seed: int = 0  # training seed
     obs: str = "state"
     k: int = 1  # candidates per chunk at evaluation
+    inpaint_past: bool = False  # evaluate with the executed past inpainted (Policy.act's experiment)
+    checkpoint_of: str | None = None  # evaluate another cell's trained policy (no training of its own)
     label: str = ""  # what the table calls the row (default: the name)
 
 
@@ -73,6 +75,10 @@ def load_plan(path: str | Path) -> ResultsPlan:
             raise ConfigError(f"results plan {path}: cell name {cell.name!r} is repeated or not [A-Za-z0-9._-]")
         names.add(cell.name)
         cells.append(cell)
+    for cell in cells:
+        if cell.checkpoint_of is not None and cell.checkpoint_of not in names:
+            raise ConfigError(f"results plan {path}: cell {cell.name!r} evaluates {cell.checkpoint_of!r}, "
+                              "which is not a cell of the plan")
     compare = [tuple(pair) for pair in raw.get("compare") or []]
     bad = [p for p in compare if len(p) != 2 or not set(p) <= names]
     if bad:
@@ -104,18 +110,24 @@ def run(plan: ResultsPlan, only: str | None = None, workers: int = 1, progress: 
 
 
 def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = True) -> Path:
+    """Train the cell (or, with ``checkpoint_of``, make sure that cell's policy is trained), evaluate it,
+    and write its artifact."""
+    source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
+    cfg = _train_cell(plan, source, progress)
+    return _evaluate_cell(plan, cell, plan.work / "runs" / source.name, cfg, workers, progress)
+
+
+def _train_cell(plan: ResultsPlan, cell: Cell, progress: bool):
+    """Collect and train ``cell`` (each resumable); returns its config."""
     from robopolicy.collect import collect
     from robopolicy.config import load_config
-    from robopolicy.eval.runner import Plan, evaluate, read_records
-    from robopolicy.eval.suite import task_suite
-    from robopolicy.policy import checkpoint_hash
     from robopolicy.train.trainer import train
 
     store_path = plan.work / "stores" / f"{cell.task}-{cell.obs}-{cell.demos}.zarr"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store, _, _ = collect(cell.task, cell.demos, store_path, obs=cell.obs, progress=progress)
     store.close()
-    run_dir, eval_dir = plan.work / "runs" / cell.name, plan.work / "evals" / cell.name
+    run_dir = plan.work / "runs" / cell.name
     clock = run_dir / "train_wall_s.json"  # training wall-clock, summed over the sessions it took
     cfg = load_config(cell.config, [*cell.overrides, f"train.seed={cell.seed}"])
     if _unfinished(run_dir, cfg.train.steps):
@@ -126,9 +138,20 @@ def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = 
         train(cfg, store_path, run_dir, resume=resume, progress=progress)
         spent = json.loads(clock.read_text())["s"] if clock.exists() else 0.0
         clock.write_text(json.dumps({"s": spent + time.time() - t0}))
+    return cfg
+
+
+def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: int, progress: bool) -> Path:
+    from robopolicy.eval.runner import Plan, evaluate, read_records
+    from robopolicy.eval.suite import task_suite
+    from robopolicy.policy import checkpoint_hash
+
+    eval_dir = plan.work / "evals" / cell.name
+    clock = run_dir / "train_wall_s.json"
     suite = task_suite(cell.task, cell.obs, episodes=cell.episodes)
     t0 = time.time()
-    evaluate(Plan(suite, {cell.task: run_dir / "policy"}, k=cell.k), eval_dir, workers=workers, progress=progress)
+    evaluate(Plan(suite, {cell.task: run_dir / "policy"}, k=cell.k, inpaint_past=cell.inpaint_past), eval_dir,
+             workers=workers, progress=progress)
     records = sorted(read_records(eval_dir), key=lambda r: r["seed"])
     artifact = {
         "cell": asdict(cell), "command": f"robopolicy results run --only {cell.name}",
@@ -207,7 +230,9 @@ def table(plan: ResultsPlan) -> str:
                   "|---|---|---|---|---|---|---|"]
         for c in cells:
             a = found.get(c.name)
-            config = " ".join([c.config, *c.overrides, f"seed={c.seed}"])
+            config = " ".join([c.config, *c.overrides, f"seed={c.seed}"]) if c.checkpoint_of is None else \
+                f"{c.checkpoint_of}'s policy"
+            config += " --inpaint-past" if c.inpaint_past else ""
             if a is None:
                 lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | pending | | |")
                 continue

@@ -149,7 +149,7 @@ class EnvDied(RuntimeError):
 def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
                  on_episode: Callable[[Episode], None] | None = None, keep: bool = False,
                  restart: Callable[[int], object] | None = None, retries: int = 1,
-                 execute: int | None = None) -> list[Episode]:
+                 execute: int | None = None, inpaint_past: bool = False) -> list[Episode]:
     """Run one episode per seed on ``slots`` (LocalEnv or WorkerEnv), ``k`` candidates per chunk, ``execute``
     actions of each chunk (default: the policy's Ta). Returns the episodes in the order they finished,
     calling ``on_episode`` as each does; ``keep``: episodes keep their executed actions and observations
@@ -222,7 +222,8 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
             continue
         windows = [running[i].history.window(policy.obs_keys) for i in active]
         t0 = time.perf_counter()
-        chunks = policy.act(windows, k=k, generators=[running[i].generator for i in active])
+        chunks = policy.act(windows, k=k, generators=[running[i].generator for i in active],
+                            inpaint_past=inpaint_past)
         share = (time.perf_counter() - t0) * 1000 / len(active)  # each row's share of the batched call
         todo = {i: chunk.plan[:execute] if execute else chunk.actions for i, chunk in zip(active, chunks)}
         for i, chunk in zip(active, chunks):

@@ -204,6 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 obs = "image" if any(policy.schema[k].is_image for k in policy.obs_keys) else "state"
         suite = task_suite(task, obs, **overrides)
     plan = Plan(suite, resolve_checkpoints(suite, args.checkpoint, args.checkpoints), k=args.samples,
+                inpaint_past=args.inpaint_past,
                 shard=_shard(args.shard))
     out = Path(args.out or Path("runs") / f"eval-{suite.name}")
     evaluate(plan, out, workers=args.workers, device=args.device, progress=not args.quiet,
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a train-init diagnostic, labelled as such everywhere)")
     p.add_argument("--workers", type=int, default=2, help="env worker processes (default: %(default)s)")
     p.add_argument("--samples", type=int, default=1, help="K candidates per chunk, the verifier picks (default: 1)")
+    p.add_argument("--inpaint-past", action="store_true", help="an experiment: inpaint the executed actions at the "
+                   "chunk's past tokens (does a long-context policy trained without PTP recover with its true past?)")
     p.add_argument("--video", type=int, default=0, help="mp4s of this many successes and failures per task")
     p.add_argument("--save-rollouts", help="also write the episodes into this demo store")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")

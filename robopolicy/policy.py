@@ -133,7 +133,8 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
-            act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1) -> list[ActionChunk]:
+            act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1,
+            inpaint_past: bool = False) -> list[ActionChunk]:
         """The next Ta actions for each window (``History.window()``): a batch of rows, each with its own
         generator, each getting exactly what it would get alone (bit for bit): the networks always run on
         ``act_batch`` rows (padded), since CPU kernels change their arithmetic with the batch size.
@@ -146,7 +147,12 @@ class Policy(nn.Module):
 
         ``retry_above`` (off by default): the verifier's score as live uncertainty acted on. A row whose
         best candidate scores above it (EBT: its energy) draws K new candidates, up to ``retries`` times,
-        continuing its own generator, and executes the best candidate of all draws."""
+        continuing its own generator, and executes the best candidate of all draws.
+
+        ``inpaint_past`` (an experiment, off by default): the chunk's past tokens 0..To-2 are known actions,
+        the ones executed at the past frames (``actions_at_past_frames``), so the future is denoised around
+        the true past, as in training, where the future tokens attended to noised true past actions (the
+        no-PTP mechanism question of the results issue)."""
         if self.training:
             raise ConfigError("Policy.act needs eval mode (policy.eval()): training mode random-crops and "
                               "drops out")
@@ -166,7 +172,7 @@ class Policy(nn.Module):
                 padded = part + [part[-1]] * (act_batch - len(part))  # padding rows draw from spare generators
                 gens = [generators[i] for i in part] + [torch.Generator().manual_seed(0)
                                                         for _ in range(act_batch - len(part))]
-                known = self._known([windows[i] for i in padded])
+                known = self._known([windows[i] for i in padded], inpaint_past)
                 candidates, info = self.head.sample(self.condition(self._obs_batch([windows[i] for i in padded])),
                                                     k=kk, generators=gens, **({"known": known} if known else {}))
                 for j, i in enumerate(part):
@@ -175,7 +181,7 @@ class Policy(nn.Module):
             unsure = [i for i, c in enumerate(chunks) if c.scores is not None and c.scores.min() > retry_above]
             if unsure:
                 again = self.act([windows[i] for i in unsure], k, [generators[i] for i in unsure], act_batch,
-                                 retry_above, retries - 1)
+                                 retry_above, retries - 1, inpaint_past)
                 for i, c in zip(unsure, again):
                     first = chunks[i]
                     if c.scores.min() < first.scores.min():
@@ -261,11 +267,13 @@ class Policy(nn.Module):
             obs[PAST_ACT] = torch.as_tensor(before, device=self.device)
         return obs
 
-    def _known(self, windows: list[Window]) -> Known | None:
-        """The committed queued actions of each row as known chunk tokens To-1+j, j < committed; None when no
-        row has any (the heads' plain path). Normalized, so every head sees them as it sees its targets."""
+    def _known(self, windows: list[Window], inpaint_past: bool = False) -> Known | None:
+        """The committed queued actions of each row as known chunk tokens To-1+j, j < committed (and with
+        ``inpaint_past`` the executed past at tokens 0..To-2); None when no row has any (the heads' plain
+        path). Normalized, so every head sees them as it sees its targets."""
         To, H = self.cfg.data.n_obs, self.cfg.data.horizon
-        if not any(w.committed for w in windows):
+        past = [inpaint_past and w.actions_at_past_frames is not None and To > 1 for w in windows]
+        if not any(w.committed for w in windows) and not any(past):
             return None
         values = np.zeros((len(windows), H, self.action_dim), np.float32)
         mask = np.zeros((len(windows), H), bool)
@@ -275,6 +283,10 @@ class Policy(nn.Module):
                 values[r, To - 1: To - 1 + n] = self.normalizer.normalize(self.cfg.data.action_key,
                                                                           np.asarray(w.queued[:n], np.float32))
                 mask[r, To - 1: To - 1 + n] = True
+            if past[r]:
+                values[r, : To - 1] = self.normalizer.normalize(self.cfg.data.action_key,
+                                                                np.asarray(w.actions_at_past_frames, np.float32))
+                mask[r, : To - 1] = True
         return Known(torch.as_tensor(values, device=self.device), torch.as_tensor(mask, device=self.device))
 
     def _evidence(self, window: Window) -> verify.Evidence:

@@ -130,25 +130,31 @@ def test_ebt_warm_start_training_mixes_in_committed_prefixes():
     assert (v[known.mask.expand_as(v)] == 0).all()
 
 
-def test_ptp_keeps_its_past_free_so_verification_still_tells_candidates_apart():
-    """Through the policy: a window with an executed past and two committed queued actions. The chunk
-    starts with the committed actions exactly; the known tokens the head gets start at To-1 (never the
-    past), so each candidate's predicted past is its own and the verifier's past scores differ (had the
-    executed past been inpainted, every candidate would score the same, zero)."""
+def _small_ptp_policy(*extra: str):
+    """An untrained PTP policy at To=4 on 5-d states and 3-d actions, and the data its normalizer saw."""
     from robopolicy.config import load_config
     from robopolicy.data.normalizer import Normalizer
     from robopolicy.data.store import Field
-    from robopolicy.data.windows import Window
     from robopolicy.policy import Policy
 
     cfg = load_config("ptp", ["policy.ptp.n_layer=1", "policy.ptp.n_emb=32", "data.n_obs=4", "data.horizon=12",
-                              "data.stride=1"])
+                              "data.stride=1", *extra])
     schema = {"state": Field((5,), np.dtype("float32")), "action": Field((3,), np.dtype("float32"))}
     rng = np.random.default_rng(0)
     data = {"state": rng.normal(size=(50, 5)).astype(np.float32),
             "action": rng.uniform(-1, 1, (50, 3)).astype(np.float32)}
     torch.manual_seed(0)
-    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval()
+    return Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval(), data, rng
+
+
+def test_ptp_keeps_its_past_free_so_verification_still_tells_candidates_apart():
+    """Through the policy: a window with an executed past and two committed queued actions. The chunk
+    starts with the committed actions exactly; the known tokens the head gets start at To-1 (never the
+    past), so each candidate's predicted past is its own and the verifier's past scores differ (had the
+    executed past been inpainted, every candidate would score the same, zero)."""
+    from robopolicy.data.windows import Window
+
+    policy, data, rng = _small_ptp_policy()
     queued = rng.uniform(-0.5, 0.5, (6, 3)).astype(np.float32)
     window = Window({"state": data["state"][:4]}, t=3, actions_at_past_frames=data["action"][:3], queued=queued,
                     committed=2)
@@ -213,3 +219,26 @@ def test_the_loop_with_rtc_gets_chunks_that_start_with_the_queue_it_keeps(reach_
     for req, _ in committed:
         if req["t"] + 2 <= ep.length:
             np.testing.assert_allclose(ep.actions[req["t"]: req["t"] + 2], req["queued"][:2], atol=1e-6)
+
+
+def test_inpainting_the_executed_past_is_an_experiment_the_policy_runs_on_request():
+    """`inpaint_past` (the no-PTP mechanism experiment): the past tokens 0..To-2 become known actions, the ones
+    executed at the past frames, and the future is denoised around them; a window without an executed past
+    (the episode's start) and the default (off) are bit for bit the plain chunk."""
+    from robopolicy.data.windows import Window
+
+    policy, data, _ = _small_ptp_policy("policy.ptp.past_action_pred=false")
+    full = Window({"state": data["state"][:4]}, t=3, actions_at_past_frames=data["action"][:3])
+    start = Window({"state": data["state"][:4]}, t=0)
+    known = policy._known([full, start], inpaint_past=True)
+    assert known.mask[0].nonzero().flatten().tolist() == [0, 1, 2] and not known.mask[1].any()
+    np.testing.assert_allclose(policy.normalizer.unnormalize("action", known.values[0, :3].numpy()),
+                               data["action"][:3], atol=1e-6)
+
+    def act(w, **kw):
+        return policy.act([w], generators=[torch.Generator().manual_seed(1)], **kw)[0].plan
+    assert not np.array_equal(act(full, inpaint_past=True), act(full))  # the true past shapes the future
+    assert np.array_equal(act(start, inpaint_past=True), act(start))
+    from robopolicy.eval.runner import comparable
+    assert comparable({"k": 1}, {"k": 1, "inpaint_past": False}) == []  # runs recorded before the field resume
+    assert comparable({"k": 1}, {"k": 1, "inpaint_past": True}) == ["inpaint_past"]

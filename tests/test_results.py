@@ -26,7 +26,9 @@ def test_bad_plans_fail_with_one_clear_message(tmp_path):
     for text, match in (("cellz: []\n", "unknown keys"), ("cells:\n  - {name: a, task: reach, config: ebt, x: 1}\n",
                                                              "cell 0"),
                         ("cells:\n  - {name: a, task: reach, config: ebt}\n  - {name: a, task: reach, config: ebt}\n",
-                         "repeated")):
+                         "repeated"),
+                        ("cells:\n  - {name: a, task: reach, config: ebt, checkpoint_of: b}\n", "not a cell"),
+                        ("cells:\n  - {name: a, task: reach, config: ebt}\ncompare: [[a, z]]\n", "two cell names")):
         (tmp_path / "p.yaml").write_text(text)
         with pytest.raises(ConfigError, match=match):
             results.load_plan(tmp_path / "p.yaml")
@@ -41,6 +43,8 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
         "     overrides: [train.steps=20, 'policy.diffusion.down_dims=[16,32]', data.batch_size=16,\n"
         "                 train.log_every=10, train.checkpoint_every=10, train.tensorboard=false]}\n"
         "  - {name: reach.later, task: reach, config: diffusion, demos: 4, episodes: 2}\n"
+        "  - {name: reach.tiny.inpaint, task: reach, config: diffusion, checkpoint_of: reach.tiny,\n"
+        "     inpaint_past: true, episodes: 2}\n"
         "compare: [[reach.tiny, reach.later]]\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{results.BEGIN}\nstale\n{results.END}\n\nafter\n")
@@ -57,6 +61,10 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
     again = json.loads(results.run(plan, only="reach.tiny", progress=False)[0].read_text())
     assert again["train_wall_s"] == artifact["train_wall_s"] and again["checkpoint"] == artifact["checkpoint"]
     assert again["episodes"] == artifact["episodes"]  # the evaluation resumed from its records
+    # a cell that evaluates another's policy another way: no training of its own
+    other = json.loads(results.run(plan, only="reach.tiny.inpaint", progress=False)[0].read_text())
+    assert other["checkpoint"] == artifact["checkpoint"] and other["train_wall_s"] == artifact["train_wall_s"]
+    assert other["cell"]["inpaint_past"] and other["trials"] == 2
     # the section comes from the artifacts; the check catches an edit
     assert results.check(plan, readme) is not None  # "stale"
     assert results.write_readme(plan, readme)
