@@ -501,12 +501,11 @@ def test_check14_step_size_is_clamped_at_1e_4():
     assert not torch.allclose(got_a, y, atol=1e-9)  # a step was taken: alpha is 1e-4, not 0
 
 
-def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
-
+def _tiny_ebt_policy():
+    """An untrained EBT policy on 5-d states and 3-d actions (To=2), and the data its normalizer saw."""
     from robopolicy.config import load_config
     from robopolicy.data.normalizer import Normalizer
     from robopolicy.data.store import Field
-    from robopolicy.data.windows import Window
     from robopolicy.policy import Policy
 
     cfg = load_config("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=16",
@@ -515,7 +514,14 @@ def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
     data = {"state": np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32),
             "action": np.random.default_rng(1).uniform(-2, 2, (50, 3)).astype(np.float32)}
     torch.manual_seed(0)
-    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval()
+    return Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval(), data
+
+
+def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
+
+    from robopolicy.data.windows import Window
+
+    policy, data = _tiny_ebt_policy()
     window = {"state": data["state"][:2]}
     chunk = policy.act([Window(window)], k=6, generators=[torch.Generator().manual_seed(3)])[0]
     with torch.no_grad():
@@ -534,19 +540,9 @@ def test_a_high_energy_draws_again_and_keeps_the_best_of_both_and_only_when_aske
     """The energy as live uncertainty acted on: with retry_above below every energy each row draws K new
     candidates from its own generator (continuing it) and executes the lowest energy of all 2K; above every
     energy (or off, the default) nothing changes, bit for bit; rows decide alone."""
-    from robopolicy.config import load_config
-    from robopolicy.data.normalizer import Normalizer
-    from robopolicy.data.store import Field
     from robopolicy.data.windows import Window
-    from robopolicy.policy import Policy
 
-    cfg = load_config("ebt", ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=16",
-                              "policy.ebt.n_head=2"])
-    schema = {"state": Field((5,), np.dtype("float32")), "action": Field((3,), np.dtype("float32"))}
-    data = {"state": np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32),
-            "action": np.random.default_rng(1).uniform(-2, 2, (50, 3)).astype(np.float32)}
-    torch.manual_seed(0)
-    policy = Policy(cfg, schema, Normalizer.fit(data, {"state": "minmax", "action": "minmax"})).eval()
+    policy, data = _tiny_ebt_policy()
     windows = [Window({"state": data["state"][i: i + 2]}) for i in (0, 7)]
 
     def gens():
