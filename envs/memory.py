@@ -87,6 +87,13 @@ class CueReach(MemoryTask):
     def _success(self, info):
         return float(np.linalg.norm(self.sim.tcp_center - self.target)) < 0.05
 
+    def outcome(self):
+        # which target the hand is nearer: a failure near the other one went the wrong way (memory), one
+        # near neither did not get there (control)
+        distance = np.linalg.norm(self.TARGETS - self.sim.tcp_center, axis=1)
+        near = int(np.argmin(distance))
+        return {"cue": int(self.hidden), "nearer": near, "distance": round(float(distance[near]), 3)}
+
     def make_expert(self):
         return _CueReachExpert()
 
@@ -151,6 +158,13 @@ class CuePickPlace(MemoryTask):
         placed = np.linalg.norm(puck[:2] - self.goal[:2]) < 0.05 and puck[2] < self.goal[2] + 0.01
         released = np.linalg.norm(self.sim.tcp_center - puck) > 0.06
         return bool(placed and released)
+
+    def outcome(self):
+        # lifted: the cue went (the memory part began); nearer: the goal the puck is nearer to
+        distance = np.linalg.norm(self.GOALS - self.puck[:2], axis=1)
+        near = int(np.argmin(distance))
+        return {"cue": int(self.hidden), "lifted": not self.cue_visible, "nearer": near,
+                "distance": round(float(distance[near]), 3)}
 
     def make_expert(self):
         return _CuePickPlaceExpert()
@@ -244,6 +258,9 @@ class ButtonTwice(MemoryTask):
     def _success(self, info):
         away = self.hand[1] < self.hover[1] - 0.1
         return bool(self.presses == 2 and not self._down and away)
+
+    def outcome(self):
+        return {"presses": int(self.presses), "away": bool(self.hand[1] < self.hover[1] - 0.1)}
 
     def make_expert(self):
         return _ButtonTwiceExpert()

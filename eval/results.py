@@ -160,7 +160,8 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
         "config": _config_dict(cfg), "train_wall_s": json.loads(clock.read_text())["s"] if clock.exists() else None,
         "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),
         "trials": len(records),
-        "episodes": [{"seed": r["seed"], "success": bool(r["success"]), "length": r["length"]} for r in records],
+        "episodes": [{"seed": r["seed"], "success": bool(r["success"]), "length": r["length"],
+                      **({"outcome": r["outcome"]} if r.get("outcome") else {})} for r in records],
     }
     plan.artifacts.mkdir(parents=True, exist_ok=True)
     path = plan.artifacts / f"{cell.name}.json"

@@ -36,6 +36,7 @@ class Episode:
     scores: list[list[float] | None] = field(default_factory=list)  # per chunk: the verifier's score per candidate
     chosen: list[int] = field(default_factory=list)  # per chunk: the candidate executed
     method: str | None = None  # what scored candidates ("score": the head's energy, "past", "coherence")
+    outcome: dict | None = None  # the task's account of how the episode ended (info["outcome"], where it has one)
     error: str | None = None  # the env's worker died (after one retry): counted as a failure
     actions: np.ndarray | None = None  # (length, Da) the executed actions (kept for videos and stores)
     observations: list[dict] | None = None  # the observation before each executed action (kept for stores)
@@ -88,19 +89,19 @@ class EnvJobs:
 def run_chunk(env, actions: np.ndarray) -> ChunkResult:
     """Step ``actions``, each clipped to the action space first (what the env executes; the safety shield
     clamps the same way), so the recorded executed actions are what physics was stepped with."""
-    observations, executed, success_at, success = [], [], None, False
+    observations, executed, success_at, success, outcome = [], [], None, False, None
     space = env.action_space
     for i, action in enumerate(actions):
         action = np.clip(np.asarray(action, np.float32), space.low, space.high).astype(np.float32)
         obs, _, terminated, truncated, info = env.step(action)
         observations.append(obs)
         executed.append(action)
-        success = bool(info.get("success", False))
+        success, outcome = bool(info.get("success", False)), info.get("outcome", outcome)
         if success and success_at is None:
             success_at = i
         if terminated or truncated:
-            return ChunkResult(observations, True, success, success_at, executed)
-    return ChunkResult(observations, False, success, success_at, executed)
+            return ChunkResult(observations, True, success, success_at, executed, outcome)
+    return ChunkResult(observations, False, success, success_at, executed, outcome)
 
 
 class LocalEnv:
@@ -133,6 +134,7 @@ class ChunkResult:
     success: bool  # the task's success flag after the last step
     success_at: int | None  # index of the first action after which the task reported success
     actions: list[np.ndarray] = field(default_factory=list)  # what was executed (clipped to the action space)
+    outcome: dict | None = None  # the task's info["outcome"] after the last step
 
 
 @dataclass
@@ -246,6 +248,7 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
             if result.ended:
                 executed = np.stack(r.history.actions)
                 r.episode.success, r.episode.length = result.success, len(executed)
+                r.episode.outcome = result.outcome
                 r.episode.actions_hash = actions_hash(executed)
                 if keep:
                     r.episode.actions, r.episode.observations = executed, r.history.obs[: len(executed)]

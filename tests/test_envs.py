@@ -195,3 +195,34 @@ def test_headless_rendering_needs_no_setup_even_after_robosuite_loaded_mujoco():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.split("mean")[-1]) > 50
+
+
+def test_memory_outcomes_tell_a_wrong_way_failure_from_a_success():
+    """``info["outcome"]`` (kept in eval records) says where a memory episode ended: the expert's reach is
+    nearer the cued target, a reach driven to the other one is nearer that one; the expert presses twice."""
+    from robopolicy.envs.sawyer import move
+    from robopolicy.eval.rollout import run_chunk
+
+    env = envs.make("cue-reach")
+    for seed in (0, 1):
+        env.reset(seed=seed)
+        expert, last = env.make_expert(), None
+        expert.reset()
+        while last is None or not (last.ended):
+            last = run_chunk(env, np.array([expert.act(env)]))
+        assert last.outcome["cue"] == seed % 2 and last.outcome["nearer"] == seed % 2, last.outcome
+        env.reset(seed=seed)
+        other = env.TARGETS[1 - seed % 2]
+        for _ in range(60):
+            last = run_chunk(env, np.array([move(env.hand, other, -1.0)]))
+        assert last.outcome["nearer"] == 1 - seed % 2 and last.outcome["distance"] < 0.05 and not last.success
+    env.close()
+    env = envs.make("button-twice")
+    env.reset(seed=0)
+    expert, done = env.make_expert(), False
+    expert.reset()
+    while not done:
+        _, _, terminated, truncated, info = env.step(expert.act(env))
+        done = terminated or truncated
+    assert info["success"] and info["outcome"] == {"presses": 2, "away": True}
+    env.close()
