@@ -94,6 +94,10 @@ class CueReach(MemoryTask):
         near = int(np.argmin(distance))
         return {"cue": int(self.hidden), "nearer": near, "distance": round(float(distance[near]), 3)}
 
+    @staticmethod
+    def failure_kind(outcome: dict) -> str:
+        return "reached for the other target" if outcome["nearer"] != outcome["cue"] else "short of the cued target"
+
     def make_expert(self):
         return _CueReachExpert()
 
@@ -165,6 +169,12 @@ class CuePickPlace(MemoryTask):
         near = int(np.argmin(distance))
         return {"cue": int(self.hidden), "lifted": not self.cue_visible, "nearer": near,
                 "distance": round(float(distance[near]), 3)}
+
+    @staticmethod
+    def failure_kind(outcome: dict) -> str:
+        if not outcome["lifted"]:
+            return "never lifted"
+        return "carried toward the other goal" if outcome["nearer"] != outcome["cue"] else "cued goal, not placed"
 
     def make_expert(self):
         return _CuePickPlaceExpert()
@@ -261,6 +271,11 @@ class ButtonTwice(MemoryTask):
 
     def outcome(self):
         return {"presses": int(self.presses), "away": bool(self.hand[1] < self.hover[1] - 0.1)}
+
+    @staticmethod
+    def failure_kind(outcome: dict) -> str:
+        n = outcome["presses"]
+        return {0: "never pressed", 1: "pressed once", 2: "pressed twice, did not leave"}.get(n, "pressed 3+ times")
 
     def make_expert(self):
         return _ButtonTwiceExpert()

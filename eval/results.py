@@ -114,7 +114,12 @@ def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = 
     and write its artifact."""
     source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
     cfg = _train_cell(plan, source, progress)
-    return _evaluate_cell(plan, cell, plan.work / "runs" / source.name, cfg, workers, progress)
+    return _evaluate_cell(plan, cell, plan.work / "runs" / source.name, cfg, workers, progress,
+                          _store_path(plan, source))
+
+
+def _store_path(plan: ResultsPlan, cell: Cell) -> Path:
+    return plan.work / "stores" / f"{cell.task}-{cell.obs}-{cell.demos}.zarr"
 
 
 def _train_cell(plan: ResultsPlan, cell: Cell, progress: bool):
@@ -123,7 +128,7 @@ def _train_cell(plan: ResultsPlan, cell: Cell, progress: bool):
     from robopolicy.config import load_config
     from robopolicy.train.trainer import train
 
-    store_path = plan.work / "stores" / f"{cell.task}-{cell.obs}-{cell.demos}.zarr"
+    store_path = _store_path(plan, cell)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store, _, _ = collect(cell.task, cell.demos, store_path, obs=cell.obs, progress=progress)
     store.close()
@@ -141,7 +146,8 @@ def _train_cell(plan: ResultsPlan, cell: Cell, progress: bool):
     return cfg
 
 
-def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: int, progress: bool) -> Path:
+def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: int, progress: bool,
+                   store_path: Path) -> Path:
     from robopolicy.eval.runner import Plan, evaluate, read_records
     from robopolicy.eval.suite import task_suite
     from robopolicy.policy import checkpoint_hash
@@ -159,9 +165,8 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
         "versions": _versions(), "checkpoint": checkpoint_hash(run_dir / "policy"),
         "config": _config_dict(cfg), "train_wall_s": json.loads(clock.read_text())["s"] if clock.exists() else None,
         "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),
-        "trials": len(records),
-        "episodes": [{"seed": r["seed"], "success": bool(r["success"]), "length": r["length"],
-                      **({"outcome": r["outcome"]} if r.get("outcome") else {})} for r in records],
+        "trials": len(records), "action_dependency": _action_dependency(eval_dir, cell.task, store_path),
+        "episodes": [_episode(r) for r in records],
     }
     plan.artifacts.mkdir(parents=True, exist_ok=True)
     path = plan.artifacts / f"{cell.name}.json"
@@ -169,6 +174,34 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
     tmp.write_text(json.dumps(artifact, indent=1))
     tmp.replace(path)  # whole or not at all
     return path
+
+
+def _episode(record: dict) -> dict:
+    """What an artifact keeps of an episode: its seed, success, length, the task's outcome, and the
+    verifier's early score (eval/diagnostics.py) where chunks were scored."""
+    from robopolicy.eval.diagnostics import early_score
+
+    out = {"seed": record["seed"], "success": bool(record["success"]), "length": record["length"]}
+    if record.get("outcome"):
+        out["outcome"] = record["outcome"]
+    score = early_score(record.get("scores") or [], record.get("chosen") or [])
+    if score is not None:
+        out["early_score"] = round(score, 6)
+    return out
+
+
+def _action_dependency(eval_dir: Path, task: str, store_path: Path) -> dict:
+    """The copycat measure (eval/diagnostics.py) of the cell's rollouts and of its expert demos."""
+    import numpy as np
+
+    from robopolicy.data.store import DemoStore
+    from robopolicy.eval.diagnostics import action_dependency
+
+    rollouts = [np.load(p, allow_pickle=False) for p in sorted((eval_dir / "actions" / task).glob("*.npy"))]
+    with DemoStore.open(store_path) as store:
+        demos = [store.episode(i, ["action"])["action"] for i in range(store.n_episodes)]
+    value = {"rollouts": action_dependency(rollouts), "expert": action_dependency(demos)}
+    return {k: None if v is None else round(v, 4) for k, v in value.items()}
 
 
 def _unfinished(run_dir: Path, steps: int) -> bool:
