@@ -41,6 +41,9 @@ class Cell:
     k: int = 1  # candidates per chunk at evaluation
     inpaint_past: bool = False  # evaluate with the executed past inpainted (Policy.act's experiment)
     checkpoint_of: str | None = None  # evaluate another cell's trained policy (no training of its own)
+    act_on_score: str | None = None  # "retry" or "refine": the verifier's score acted on (Policy.act), above ...
+    score_quantile: float = 0.9  # ... this quantile of the per-chunk scores of rollouts on collection seeds
+    calibration_episodes: int = 20  # (training seeds, never evaluation seeds: the threshold is not fit to the test)
     label: str = ""  # what the table calls the row (default: the name)
 
 
@@ -73,6 +76,9 @@ def load_plan(path: str | Path) -> ResultsPlan:
                               ) from None
         if cell.name in names or not cell.name.replace(".", "").replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"results plan {path}: cell name {cell.name!r} is repeated or not [A-Za-z0-9._-]")
+        if cell.act_on_score not in (None, "retry", "refine"):
+            raise ConfigError(f"results plan {path}: cell {cell.name!r}: act_on_score must be retry or refine, "
+                              f"got {cell.act_on_score!r}")
         names.add(cell.name)
         cells.append(cell)
     for cell in cells:
@@ -156,8 +162,12 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
     clock = run_dir / "train_wall_s.json"
     suite = task_suite(cell.task, cell.obs, episodes=cell.episodes)
     t0 = time.time()
-    evaluate(Plan(suite, {cell.task: run_dir / "policy"}, k=cell.k, inpaint_past=cell.inpaint_past), eval_dir,
-             workers=workers, progress=progress)
+    calibration, acted = None, {}
+    if cell.act_on_score:
+        calibration = _calibrate(plan, cell, run_dir, workers, progress)
+        acted = {f"{cell.act_on_score}_above": calibration["threshold"]}
+    evaluate(Plan(suite, {cell.task: run_dir / "policy"}, k=cell.k, inpaint_past=cell.inpaint_past, **acted),
+             eval_dir, workers=workers, progress=progress)
     records = sorted(read_records(eval_dir), key=lambda r: r["seed"])
     artifact = {
         "cell": asdict(cell), "command": f"robopolicy results run --only {cell.name}",
@@ -166,6 +176,7 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
         "config": _config_dict(cfg), "train_wall_s": json.loads(clock.read_text())["s"] if clock.exists() else None,
         "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),
         "trials": len(records), "action_dependency": _action_dependency(eval_dir, cell.task, store_path),
+        **({"calibration": calibration} if calibration else {}),
         "episodes": [_episode(r) for r in records],
     }
     plan.artifacts.mkdir(parents=True, exist_ok=True)
@@ -174,6 +185,28 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
     tmp.write_text(json.dumps(artifact, indent=1))
     tmp.replace(path)  # whole or not at all
     return path
+
+
+def _calibrate(plan: ResultsPlan, cell: Cell, run_dir: Path, workers: int, progress: bool) -> dict:
+    """The score threshold a cell acts on: the ``score_quantile`` of every executed chunk's score in
+    rollouts on collection seeds (the demos' initial conditions), so no evaluation seed informs it."""
+    import numpy as np
+
+    from robopolicy.eval.runner import Plan, evaluate, read_records
+    from robopolicy.eval.suite import task_suite
+
+    where = plan.work / "evals" / f"{cell.name}.calibration"
+    suite = task_suite(cell.task, cell.obs, episodes=cell.calibration_episodes, seeds="collection")
+    evaluate(Plan(suite, {cell.task: run_dir / "policy"}, k=cell.k, inpaint_past=cell.inpaint_past), where,
+             workers=workers, progress=progress)
+    records = read_records(where)
+    scores = [s[c] for r in records for s, c in zip(r["scores"], r["chosen"]) if s is not None]
+    if not scores:
+        raise ConfigError(f"cell {cell.name}: its policy scored no chunk on the calibration seeds, so there is no "
+                          "score to act on (act_on_score needs a head with scores, or K > 1 with past evidence)")
+    return {"seeds": "collection", "episodes": len(records), "chunks": len(scores), "quantile": cell.score_quantile,
+            "threshold": float(np.quantile(scores, cell.score_quantile)),
+            "success": sum(bool(r["success"]) for r in records)}
 
 
 def _episode(record: dict) -> dict:
@@ -187,6 +220,9 @@ def _episode(record: dict) -> dict:
     score = early_score(record.get("scores") or [], record.get("chosen") or [])
     if score is not None:
         out["early_score"] = round(score, 6)
+    for acted in ("retried", "refined"):
+        if record.get(acted):
+            out[acted] = record[acted]  # chunks the score was acted on
     return out
 
 
@@ -260,21 +296,33 @@ def table(plan: ResultsPlan) -> str:
              "`robopolicy results --check` (CI) fails if this section and the artifacts disagree.", ""]
     for task in dict.fromkeys(c.task for c in plan.cells):
         cells = [c for c in plan.cells if c.task == task]
-        lines += [f"**{task}**", "", "| cell | config | demos | K | success | 95% Wilson | train (min) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"**{task}**", "", "| cell | config | demos | K | success | 95% Wilson | train (min) | "
+                  "a(t+1) from a(t), R^2 (expert) | failures, by how they ended |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in cells:
             a = found.get(c.name)
             config = " ".join([c.config, *c.overrides, f"seed={c.seed}"]) if c.checkpoint_of is None else \
                 f"{c.checkpoint_of}'s policy"
             config += " --inpaint-past" if c.inpaint_past else ""
+            if c.act_on_score:
+                t = (a or {}).get("calibration", {}).get("threshold")
+                config += (f" --{c.act_on_score}-above q{c.score_quantile:g} of collection-seed scores"
+                           + ("" if t is None else f" (= {t:.3g})"))
             if a is None:
-                lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | pending | | |")
+                lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | pending | | | | |")
                 continue
             lo, hi = wilson_interval(a["successes"], a["trials"])
             minutes = "-" if a.get("train_wall_s") is None else f"{a['train_wall_s'] / 60:.1f}"
             lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | {a['successes']}/{a['trials']} "
-                         f"= {a['successes'] / a['trials']:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} |")
+                         f"= {a['successes'] / a['trials']:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} | "
+                         f"{_dependency(a)} | {_failures(task, a)} |")
         lines.append("")
+        scored = [(c, found[c.name]) for c in cells if c.name in found and _scored(found[c.name])]
+        if scored:
+            lines += ["| does the verifier's early score predict failure? | score | episodes scored (failed) | AUROC "
+                      "| shuffled 95% | permutation p |", "|---|---|---|---|---|---|"]
+            lines += [_score_row(c, a) for c, a in scored]
+            lines.append("")
         pairs = [(x, y) for x, y in plan.compare if x in {c.name for c in cells}]
         if pairs:
             lines += ["| paired, the same seeds | A only | B only | McNemar exact p |", "|---|---|---|---|"]
@@ -283,6 +331,37 @@ def table(plan: ResultsPlan) -> str:
                 lines.append(f"| A {labels[x]} vs B {labels[y]} | " + _paired(found.get(x), found.get(y)) + " |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _dependency(a: dict) -> str:
+    d = a.get("action_dependency") or {}
+    if d.get("rollouts") is None:
+        return "-"
+    return f"{d['rollouts']:.2f} ({d['expert']:.2f})" if d.get("expert") is not None else f"{d['rollouts']:.2f}"
+
+
+def _failures(task: str, a: dict) -> str:
+    from robopolicy.eval.diagnostics import failure_kinds
+
+    kinds = failure_kinds(task, a["episodes"])
+    return "-" if kinds is None else ", ".join(f"{n} {k}" for k, n in kinds.items())
+
+
+def _scored(a: dict) -> bool:
+    """Enough scored episodes of both kinds for an AUROC: at least 10 failures and 10 successes."""
+    won = [e["success"] for e in a["episodes"] if "early_score" in e]
+    return sum(won) >= 10 and len(won) - sum(won) >= 10
+
+
+def _score_row(c: Cell, a: dict) -> str:
+    from robopolicy.eval.diagnostics import EARLY_CHUNKS, auroc, shuffled_auroc
+
+    eps = [e for e in a["episodes"] if "early_score" in e]
+    scores, failed = [e["early_score"] for e in eps], [not e["success"] for e in eps]
+    lo, hi, p = shuffled_auroc(scores, failed)
+    what = "energy" if a["config"]["policy"]["head"] == "ebt" else "past mismatch"
+    return (f"| {c.label or c.name} | {what}, first {EARLY_CHUNKS} scored chunks | {len(eps)} ({sum(failed)}) | "
+            f"{auroc(scores, failed):.2f} | [{lo:.2f}, {hi:.2f}] | {p:.3g} |")
 
 
 def _paired(a: dict | None, b: dict | None) -> str:

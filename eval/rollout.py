@@ -37,6 +37,8 @@ class Episode:
     chosen: list[int] = field(default_factory=list)  # per chunk: the candidate executed
     method: str | None = None  # what scored candidates ("score": the head's energy, "past", "coherence")
     outcome: dict | None = None  # the task's account of how the episode ended (info["outcome"], where it has one)
+    retried: int = 0  # chunks drawn again (retry_above) ...
+    refined: int = 0  # ... and chunks given more optimization steps (refine_above): the uncertainty acted on
     error: str | None = None  # the env's worker died (after one retry): counted as a failure
     actions: np.ndarray | None = None  # (length, Da) the executed actions (kept for videos and stores)
     observations: list[dict] | None = None  # the observation before each executed action (kept for stores)
@@ -151,14 +153,15 @@ class EnvDied(RuntimeError):
 def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
                  on_episode: Callable[[Episode], None] | None = None, keep: bool = False,
                  restart: Callable[[int], object] | None = None, retries: int = 1,
-                 execute: int | None = None, inpaint_past: bool = False) -> list[Episode]:
+                 execute: int | None = None, inpaint_past: bool = False, retry_above: float | None = None,
+                 refine_above: float | None = None) -> list[Episode]:
     """Run one episode per seed on ``slots`` (LocalEnv or WorkerEnv), ``k`` candidates per chunk, ``execute``
     actions of each chunk (default: the policy's Ta). Returns the episodes in the order they finished,
     calling ``on_episode`` as each does; ``keep``: episodes keep their executed actions and observations
     (``Episode.actions``, ``Episode.observations``). A slot whose env dies
     (EnvDied) is replaced by ``restart(slot_index)`` and its episode rerun from the start, up to
     ``retries`` times; then the episode counts as a failure with an error. Without ``restart`` the
-    error propagates."""
+    error propagates. ``retry_above``, ``refine_above``: the verifier's score acted on (``Policy.act``)."""
     cfg = policy.cfg.data
     spec = WindowSpec(cfg.n_obs, cfg.horizon, cfg.stride)
     queue = [int(s) for s in seeds][::-1]  # pop() takes the next seed
@@ -225,7 +228,7 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
         windows = [running[i].history.window(policy.obs_keys) for i in active]
         t0 = time.perf_counter()
         chunks = policy.act(windows, k=k, generators=[running[i].generator for i in active],
-                            inpaint_past=inpaint_past)
+                            inpaint_past=inpaint_past, retry_above=retry_above, refine_above=refine_above)
         share = (time.perf_counter() - t0) * 1000 / len(active)  # each row's share of the batched call
         todo = {i: chunk.plan[:execute] if execute else chunk.actions for i, chunk in zip(active, chunks)}
         for i, chunk in zip(active, chunks):
@@ -235,6 +238,8 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
             episode.scores.append(None if chunk.scores is None else [float(x) for x in chunk.scores])
             episode.chosen.append(chunk.chosen)
             episode.method = episode.method or chunk.method
+            episode.retried += int(chunk.retried > 0)
+            episode.refined += int(chunk.refined)
         sent = [i for i in active if submit(i, "chunk", todo[i])]
         for i in sent:
             r = running[i]

@@ -80,6 +80,8 @@ class Plan:
     checkpoints: dict[str, Path]  # task -> checkpoint folder
     k: int = 1
     inpaint_past: bool = False  # Policy.act's experiment: the executed past inpainted at the past tokens
+    retry_above: float | None = None  # Policy.act: draw a chunk again when its best score is above this
+    refine_above: float | None = None  # Policy.act: optimize a chunk further when its best score is above this
     shard: tuple[int, int] = (0, 1)
 
     def seeds(self, task: str) -> list[int]:
@@ -125,18 +127,19 @@ def run_meta(plan: Plan, hashes: dict[str, str], act_batch: int, specs: dict[str
     return {"env_specs": specs, "suite": plan.suite.name, "suite_fingerprint": plan.suite.fingerprint(),
             "suite_body": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(plan.suite).items()},
             "seeds_kind": plan.suite.seeds, "k": plan.k, "inpaint_past": plan.inpaint_past, "act_batch": act_batch,
-            "shard": list(plan.shard),
+            "retry_above": plan.retry_above, "refine_above": plan.refine_above, "shard": list(plan.shard),
             "checkpoints": {t: str(p) for t, p in plan.checkpoints.items()}, "checkpoint_hashes": hashes,
             "weights": "the final EMA weights of each run (policy/), never the best of several checkpoints",
             "versions": versions(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}"}
 
 
-COMPARABLE = ("suite_fingerprint", "seeds_kind", "k", "inpaint_past", "act_batch", "checkpoint_hashes")
+COMPARABLE = ("suite_fingerprint", "seeds_kind", "k", "inpaint_past", "act_batch", "checkpoint_hashes", "retry_above",
+              "refine_above")
 
 
 def comparable(a: dict, b: dict) -> list[str]:
     """The fields on which two runs differ that make their episodes incomparable."""
-    missing = {"inpaint_past": False}  # what a run recorded before the field existed meant
+    missing = {"inpaint_past": False, "retry_above": None, "refine_above": None}  # what runs before the fields meant
     return [f for f in COMPARABLE if a.get(f, missing.get(f)) != b.get(f, missing.get(f))]
 
 
@@ -265,7 +268,8 @@ def _run_task(plan: Plan, task: str, policy, spec: dict, seeds: list[int], worke
         for _ in range(min(workers, len(seeds))):
             slots.append(start())
         run_episodes(policy, slots, seeds, k=plan.k, on_episode=on_episode, keep=True, restart=restart,
-                     execute=plan.suite.execute, inpaint_past=plan.inpaint_past)
+                     execute=plan.suite.execute, inpaint_past=plan.inpaint_past, retry_above=plan.retry_above,
+                     refine_above=plan.refine_above)
     finally:
         for slot in slots:
             slot.close()

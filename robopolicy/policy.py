@@ -43,6 +43,7 @@ class ActionChunk:
     method: str | None = None  # what scored them: "score" (the head's own: EBT energy), "past", "coherence"
     chosen: int = 0  # the candidate executed
     retried: int = 0  # draws beyond the first (``retry_above``: the best score was above the threshold)
+    refined: bool = False  # given more optimization steps (``refine_above``: its score was above the threshold)
 
 
 def checkpoint_hash(folder: str | Path) -> str:
@@ -134,7 +135,8 @@ class Policy(nn.Module):
     @torch.no_grad()
     def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
             act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1,
-            inpaint_past: bool = False) -> list[ActionChunk]:
+            inpaint_past: bool = False, refine_above: float | None = None, refine_steps: int = 4
+            ) -> list[ActionChunk]:
         """The next Ta actions for each window (``History.window()``): a batch of rows, each with its own
         generator, each getting exactly what it would get alone (bit for bit): the networks always run on
         ``act_batch`` rows (padded), since CPU kernels change their arithmetic with the batch size.
@@ -148,6 +150,11 @@ class Policy(nn.Module):
         ``retry_above`` (off by default): the verifier's score as live uncertainty acted on. A row whose
         best candidate scores above it (EBT: its energy) draws K new candidates, up to ``retries`` times,
         continuing its own generator, and executes the best candidate of all draws.
+
+        ``refine_above`` (off by default): dynamic compute, for heads that can continue their own
+        optimization (``refines``; EBT). A row whose best candidate scores above it has all its candidates
+        optimized ``refine_steps`` steps more, from where they stand, before the verifier picks; confident
+        rows cost nothing extra. Applied before ``retry_above``.
 
         ``inpaint_past`` (an experiment, off by default): the chunk's past tokens 0..To-2 are known actions,
         the ones executed at the past frames (``actions_at_past_frames``), so the future is denoised around
@@ -173,19 +180,32 @@ class Policy(nn.Module):
                 gens = [generators[i] for i in part] + [torch.Generator().manual_seed(0)
                                                         for _ in range(act_batch - len(part))]
                 known = self._known([windows[i] for i in padded], inpaint_past)
-                candidates, info = self.head.sample(self.condition(self._obs_batch([windows[i] for i in padded])),
-                                                    k=kk, generators=gens, **({"known": known} if known else {}))
+                extra = {"known": known} if known else {}
+                cond = self.condition(self._obs_batch([windows[i] for i in padded]))
+                candidates, info = self.head.sample(cond, k=kk, generators=gens, **extra)
+                refined = torch.zeros(len(padded), dtype=torch.bool)
+                if refine_above is not None and getattr(self.head, "refines", False):
+                    refined = info["scores"].amin(dim=1).cpu() > refine_above
+                    if refined[: len(part)].any():  # every padded row runs (batch invariance), unsure ones keep it
+                        more, more_info = self.head.sample(cond, k=kk, generators=gens, init=candidates,
+                                                           steps=refine_steps, **extra)
+                        pick = refined.to(candidates.device)
+                        candidates = torch.where(pick[:, None, None, None], more, candidates)
+                        info = {key: torch.where(pick[:, None], more_info[key], value)
+                                for key, value in info.items()}
                 for j, i in enumerate(part):
                     chunks[i] = self._chunk(windows[i], candidates, info, j, evidence[i], how[i])
+                    chunks[i].refined = bool(refined[j])
         if retry_above is not None and retries > 0:
             unsure = [i for i, c in enumerate(chunks) if c.scores is not None and c.scores.min() > retry_above]
             if unsure:
                 again = self.act([windows[i] for i in unsure], k, [generators[i] for i in unsure], act_batch,
-                                 retry_above, retries - 1, inpaint_past)
+                                 retry_above, retries - 1, inpaint_past, refine_above, refine_steps)
                 for i, c in zip(unsure, again):
                     first = chunks[i]
                     if c.scores.min() < first.scores.min():
-                        chunks[i] = ActionChunk(c.actions, c.t, c.plan, c.scores, c.method, c.chosen, c.retried + 1)
+                        chunks[i] = ActionChunk(c.actions, c.t, c.plan, c.scores, c.method, c.chosen, c.retried + 1,
+                                                first.refined or c.refined)
                     else:
                         first.retried = c.retried + 1
         return chunks

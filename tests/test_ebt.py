@@ -568,6 +568,38 @@ def test_a_high_energy_draws_again_and_keeps_the_best_of_both_and_only_when_aske
     assert np.array_equal(mid[1 - unsure].plan, plain[1 - unsure].plan)
 
 
+def test_a_high_energy_gets_more_optimization_steps_and_only_that_row():
+    """Dynamic compute: with refine_above below a row's best energy its candidates are minimized
+    refine_steps steps more from where they stood (the head's own continuation, sample(init=...)), and the
+    verifier picks among the refined ones; a confident row (or refine_above off) is untouched, bit for bit."""
+    from robopolicy.data.windows import Window
+
+    policy, data = _tiny_ebt_policy()
+    windows = [Window({"state": data["state"][i: i + 2]}) for i in (0, 7)]
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (3, 4)]
+    plain = policy.act(windows, k=3, generators=gens())
+    assert all(np.array_equal(a.plan, b.plan) and not b.refined
+               for a, b in zip(plain, policy.act(windows, k=3, generators=gens(), refine_above=1e9)))
+    e0, e1 = (float(c.scores.min()) for c in plain)
+    unsure = int(e1 > e0)
+    mid = policy.act(windows, k=3, generators=gens(), refine_above=(e0 + e1) / 2, refine_steps=5)
+    assert mid[unsure].refined and not mid[1 - unsure].refined
+    assert np.array_equal(mid[1 - unsure].plan, plain[1 - unsure].plan)
+    # the unsure row's chunk is the continuation of its own first candidates, 5 steps on
+    w = windows[unsure]
+    with torch.no_grad():
+        cond = policy.condition({k: v[None] for k, v in policy.normalized_obs(w.obs).items()})
+    first, _ = policy.head.sample(cond, 3, [gens()[unsure]])
+    more, info = policy.head.sample(cond, 3, [torch.Generator().manual_seed(0)], init=first, steps=5)
+    best = int(info["scores"][0].argmin())
+    assert mid[unsure].chosen == best and np.allclose(mid[unsure].scores, info["scores"][0].numpy(), atol=1e-4)
+    want = policy.normalizer.unnormalize("action", more[0, best].numpy())[1:]
+    assert np.allclose(mid[unsure].plan, want, atol=1e-3)  # a batch of 1 here, act_batch rows in act()
+    assert np.abs(mid[unsure].plan - plain[unsure].plan).max() > 1e-2  # the steps moved it
+
+
 # ------------------------------------------------------------------------- gradient clipping (check 22)
 def test_check22_the_ebt_configs_clip_gradients_at_1():
     assert [load_config(name).train.optim.grad_clip for name in ("ebt", "ebt_gpu", "ebt_image")] == [1.0] * 3

@@ -28,7 +28,8 @@ def test_bad_plans_fail_with_one_clear_message(tmp_path):
                         ("cells:\n  - {name: a, task: reach, config: ebt}\n  - {name: a, task: reach, config: ebt}\n",
                          "repeated"),
                         ("cells:\n  - {name: a, task: reach, config: ebt, checkpoint_of: b}\n", "not a cell"),
-                        ("cells:\n  - {name: a, task: reach, config: ebt}\ncompare: [[a, z]]\n", "two cell names")):
+                        ("cells:\n  - {name: a, task: reach, config: ebt}\ncompare: [[a, z]]\n", "two cell names"),
+                        ("cells:\n  - {name: a, task: reach, config: ebt, act_on_score: hope}\n", "retry or refine")):
         (tmp_path / "p.yaml").write_text(text)
         with pytest.raises(ConfigError, match=match):
             results.load_plan(tmp_path / "p.yaml")
@@ -86,3 +87,30 @@ def test_paired_rows_count_discordant_seeds():
     assert results._paired(a, b) == "1 | 1 | 1 (3 seeds)"  # seed 4 and 5 are not shared: not counted
     assert results._paired(a, None).startswith("pending")
 
+
+
+def test_a_cell_acting_on_the_energy_calibrates_its_threshold_on_collection_seeds_only(tmp_path):
+    """The retry/refine threshold is a quantile of per-chunk energies on collection seeds (the demos'
+    initial conditions), recorded in the artifact; evaluation seeds never inform it, and the table says
+    what the cell acted on."""
+    from robopolicy.eval.runner import read_records
+
+    (tmp_path / "results.yaml").write_text(
+        "work: work\nartifacts: cells\ncells:\n"
+        "  - {name: reach.ebt, task: reach, config: ebt, demos: 4, episodes: 2,\n"
+        "     overrides: [train.steps=10, policy.ebt.n_layer=1, policy.ebt.obs_layers=1, policy.ebt.n_emb=16,\n"
+        "                 data.batch_size=8, train.log_every=5, train.checkpoint_every=5, train.tensorboard=false]}\n"
+        "  - {name: reach.ebt.refine, task: reach, config: ebt, demos: 4, episodes: 2, checkpoint_of: reach.ebt,\n"
+        "     act_on_score: refine, score_quantile: 0.5, calibration_episodes: 2}\n")
+    plan = results.load_plan(tmp_path / "results.yaml")
+    artifact = json.loads(results.run(plan, only="reach.ebt.refine", progress=False)[0].read_text())
+    calibration = artifact["calibration"]
+    scores = [s[c] for r in read_records(plan.work / "evals" / "reach.ebt.refine.calibration")
+              for s, c in zip(r["scores"], r["chosen"])]
+    assert calibration["seeds"] == "collection" and calibration["chunks"] == len(scores) > 0
+    assert min(scores) <= calibration["threshold"] <= max(scores)
+    evaluated = {r["seed"] for r in read_records(plan.work / "evals" / "reach.ebt.refine")}
+    calibrated = {r["seed"] for r in read_records(plan.work / "evals" / "reach.ebt.refine.calibration")}
+    assert evaluated and calibrated and not evaluated & calibrated
+    assert sum(e.get("refined", 0) for e in artifact["episodes"]) > 0  # about half the chunks were above it
+    assert f"--refine-above q0.5 of collection-seed scores (= {calibration['threshold']:.3g})" in results.table(plan)

@@ -63,6 +63,7 @@ class EBTHeadConfig:
 
 class EBTHead(nn.Module):
     self_scores = True  # info["scores"]: each candidate's final energy, what the verifier ranks by
+    refines = True  # sample(init=candidates, steps=n) continues their minimization (Policy.act's refine_above)
     def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: EBTHeadConfig):
         super().__init__()
         if cfg.inference_steps < 1 or cfg.train_steps < 1:
