@@ -44,6 +44,11 @@ class MemoryTask(SawyerTask):
         self.sim.model.site_size[goal] = 0.05
         self.sim.model.site_rgba[goal] = [0.1, 0.9, 0.1, 1.0]
 
+    def _cue_state(self, position: np.ndarray, visible: bool) -> np.ndarray:
+        """The state's cue slot: its position while it shows; with ``obs="image"`` always zeros, so an
+        image policy has to see the cue in the pictures (the image memory task)."""
+        return position if visible and self.obs_mode != "image" else np.zeros(3)
+
     def _hide_goal_marker(self) -> None:
         self.sim.model.site_rgba[self._site("goal"), 3] = 0.0
 
@@ -60,7 +65,7 @@ class CueReach(MemoryTask):
     hidden_name = "which target the cue marked (0 left, 1 right)"
     CUE_STEPS, DECIDE = 8, 30
     memory_span = DECIDE - (CUE_STEPS - 1)
-    state_dim = 7 + 3  # + the cue's position while it shows, zeros after
+    state_dim = 7 + 3  # + the cue's position while it shows (state observations only), zeros after
     TARGETS = np.array([[-0.12, 0.80, 0.15], [0.12, 0.80, 0.15]])
     READY = np.array([0.0, 0.68, 0.20])
 
@@ -81,7 +86,7 @@ class CueReach(MemoryTask):
         return self.t < self.CUE_STEPS
 
     def _state(self):
-        cue = self.target if self.cue_visible else np.zeros(3)
+        cue = self._cue_state(self.target, self.cue_visible)
         return np.concatenate([super()._state(), cue]).astype(np.float32)
 
     def _success(self, info):
@@ -123,7 +128,7 @@ class CuePickPlace(MemoryTask):
     max_episode_steps = 300
     hidden_name = "which goal the cue marked (0 left, 1 right)"
     memory_span = 45
-    state_dim = 7 + 3  # + the cue's position while it shows, zeros after
+    state_dim = 7 + 3  # + the cue's position while it shows (state observations only), zeros after
     GOALS = np.array([[-0.15, 0.74], [0.15, 0.74]])
     WAYPOINT = np.array([0.0, 0.62, 0.24])
     HOLD = 10
@@ -154,7 +159,7 @@ class CuePickPlace(MemoryTask):
         return self.raw[4:7].copy()
 
     def _state(self):
-        cue = self.goal if self.cue_visible else np.zeros(3)
+        cue = self._cue_state(self.goal, self.cue_visible)
         return np.concatenate([super()._state(), cue]).astype(np.float32)
 
     def _success(self, info):

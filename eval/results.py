@@ -44,7 +44,10 @@ class Cell:
     act_on_score: str | None = None  # "retry" or "refine": the verifier's score acted on (Policy.act), above ...
     score_quantile: float = 0.9  # ... this quantile of the per-chunk scores of rollouts on collection seeds
     calibration_episodes: int = 20  # (training seeds, never evaluation seeds: the threshold is not fit to the test)
+    stage2: str | None = None  # a config trained on the cache of this cell's policy (PTP's staged pipeline:
+    stage2_overrides: list[str] = field(default_factory=list)  # stage 1 short context end to end, cache, stage 2)
     label: str = ""  # what the table calls the row (default: the name)
+    group: str = ""  # the table it is a row of (default: its task, and its observations unless state)
 
 
 @dataclass
@@ -129,27 +132,62 @@ def _store_path(plan: ResultsPlan, cell: Cell) -> Path:
 
 
 def _train_cell(plan: ResultsPlan, cell: Cell, progress: bool):
-    """Collect and train ``cell`` (each resumable); returns its config."""
+    """Collect and train ``cell`` (each step resumable; with ``stage2``: stage 1, its embedding cache,
+    stage 2 on it); returns the config of the policy the cell evaluates."""
     from robopolicy.collect import collect
     from robopolicy.config import load_config
-    from robopolicy.train.trainer import train
+    from robopolicy.data.embeddings import write_cache
 
     store_path = _store_path(plan, cell)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store, _, _ = collect(cell.task, cell.demos, store_path, obs=cell.obs, progress=progress)
     store.close()
-    run_dir = plan.work / "runs" / cell.name
-    clock = run_dir / "train_wall_s.json"  # training wall-clock, summed over the sessions it took
     cfg = load_config(cell.config, [*cell.overrides, f"train.seed={cell.seed}"])
+    if cell.stage2 is None:
+        _train_run(cfg, plan.work / "runs" / cell.name, progress, store_path=store_path)
+        return cfg
+    first = plan.work / "runs" / f"{cell.name}.stage1"
+    _train_run(cfg, first, progress, store_path=store_path)
+    t0 = time.time()
+    cache = write_cache(first / "policy", store_path, progress=progress)  # resumes; refuses a stale cache
+    _add_seconds(first / "cache_wall_s.json", time.time() - t0)
+    cfg2 = load_config(cell.stage2, [*cell.stage2_overrides, f"train.seed={cell.seed}"])
+    _train_run(cfg2, plan.work / "runs" / cell.name, progress, embeddings=cache)
+    return cfg2
+
+
+def _train_run(cfg, run_dir: Path, progress: bool, store_path: Path | None = None, embeddings: Path | None = None):
+    from robopolicy.train.trainer import train
+
     if _unfinished(run_dir, cfg.train.steps):
         resume = (run_dir / "train_state.pt").exists()
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing there to keep
         t0 = time.time()
-        train(cfg, store_path, run_dir, resume=resume, progress=progress)
-        spent = json.loads(clock.read_text())["s"] if clock.exists() else 0.0
-        clock.write_text(json.dumps({"s": spent + time.time() - t0}))
-    return cfg
+        train(cfg, store_path, run_dir, resume=resume, progress=progress, embeddings=embeddings)
+        _add_seconds(run_dir / "train_wall_s.json", time.time() - t0)
+
+
+def _add_seconds(clock: Path, seconds: float) -> None:
+    """Wall-clock summed over the sessions a step took."""
+    spent = json.loads(clock.read_text())["s"] if clock.exists() else 0.0
+    clock.write_text(json.dumps({"s": spent + seconds}))
+
+
+def _train_wall(plan: ResultsPlan, cell: Cell, run_dir: Path) -> dict | None:
+    """Training wall-clock in seconds: {"s": total} and, for a staged cell, its parts."""
+    def read(clock: Path):
+        return json.loads(clock.read_text())["s"] if clock.exists() else None
+
+    if cell.stage2 is None:
+        total = read(run_dir / "train_wall_s.json")
+        return None if total is None else {"s": total}
+    first = plan.work / "runs" / f"{cell.name}.stage1"
+    parts = {"stage1": read(first / "train_wall_s.json"), "cache": read(first / "cache_wall_s.json"),
+             "stage2": read(run_dir / "train_wall_s.json")}
+    if None in parts.values():
+        return None
+    return {"s": sum(parts.values()), **parts}
 
 
 def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: int, progress: bool,
@@ -159,7 +197,8 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
     from robopolicy.policy import checkpoint_hash
 
     eval_dir = plan.work / "evals" / cell.name
-    clock = run_dir / "train_wall_s.json"
+    source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
+    wall = _train_wall(plan, source, run_dir)
     suite = task_suite(cell.task, cell.obs, episodes=cell.episodes)
     t0 = time.time()
     calibration, acted = None, {}
@@ -173,7 +212,8 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
         "cell": asdict(cell), "command": f"robopolicy results run --only {cell.name}",
         "commit": _git("rev-parse", "HEAD"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "versions": _versions(), "checkpoint": checkpoint_hash(run_dir / "policy"),
-        "config": _config_dict(cfg), "train_wall_s": json.loads(clock.read_text())["s"] if clock.exists() else None,
+        "config": _config_dict(cfg), "train_wall_s": wall and wall["s"],
+        **({"train_wall_parts_s": wall} if wall and len(wall) > 1 else {}),
         "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),
         "trials": len(records), "action_dependency": _action_dependency(eval_dir, cell.task, store_path),
         **({"calibration": calibration} if calibration else {}),
@@ -241,12 +281,14 @@ def _action_dependency(eval_dir: Path, task: str, store_path: Path) -> dict:
 
 
 def _unfinished(run_dir: Path, steps: int) -> bool:
-    """Training has not reached its last step (or wrote no policy yet)."""
+    """Training has neither reached its last step nor spent its time budget (or wrote no policy yet)."""
     log = run_dir / "log.jsonl"
     if not log.exists() or not (run_dir / "policy" / "model.safetensors").exists():
         return True
-    done = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
-    return max(done, default=0) < steps
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if any(row.get("stopped") for row in rows):
+        return False
+    return max((row.get("step", 0) for row in rows), default=0) < steps
 
 
 def _config_dict(cfg) -> dict:
@@ -294,15 +336,17 @@ def table(plan: ResultsPlan) -> str:
     lines = [f"Generated by `robopolicy results table` from `{_relative(plan.artifacts, plan.root)}/` "
              f"({len(found)} of {len(plan.cells)} cells of `{plan.path.name if plan.path else 'the plan'}`); "
              "`robopolicy results --check` (CI) fails if this section and the artifacts disagree.", ""]
-    for task in dict.fromkeys(c.task for c in plan.cells):
-        cells = [c for c in plan.cells if c.task == task]
-        lines += [f"**{task}**", "", "| cell | config | demos | K | success | 95% Wilson | train (min) | "
+    for group in dict.fromkeys(_group(c) for c in plan.cells):
+        cells = [c for c in plan.cells if _group(c) == group]
+        lines += [f"**{group}**", "", "| cell | config | demos | K | success | 95% Wilson | train (min) | "
                   "a(t+1) from a(t), R^2 (expert) | failures, by how they ended |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for c in cells:
             a = found.get(c.name)
             config = " ".join([c.config, *c.overrides, f"seed={c.seed}"]) if c.checkpoint_of is None else \
                 f"{c.checkpoint_of}'s policy"
+            if c.stage2:
+                config += " -> cache -> " + " ".join([c.stage2, *c.stage2_overrides])
             config += " --inpaint-past" if c.inpaint_past else ""
             if c.act_on_score:
                 t = (a or {}).get("calibration", {}).get("threshold")
@@ -313,9 +357,12 @@ def table(plan: ResultsPlan) -> str:
                 continue
             lo, hi = wilson_interval(a["successes"], a["trials"])
             minutes = "-" if a.get("train_wall_s") is None else f"{a['train_wall_s'] / 60:.1f}"
+            if a.get("train_wall_parts_s"):
+                minutes += " (" + " + ".join(f"{a['train_wall_parts_s'][k] / 60:.1f}"
+                                             for k in ("stage1", "cache", "stage2")) + ")"
             lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | {a['successes']}/{a['trials']} "
                          f"= {a['successes'] / a['trials']:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} | "
-                         f"{_dependency(a)} | {_failures(task, a)} |")
+                         f"{_dependency(a)} | {_failures(c.task, a)} |")
         lines.append("")
         scored = [(c, found[c.name]) for c in cells if c.name in found and _scored(found[c.name])]
         if scored:
@@ -338,6 +385,10 @@ def _dependency(a: dict) -> str:
     if d.get("rollouts") is None:
         return "-"
     return f"{d['rollouts']:.2f} ({d['expert']:.2f})" if d.get("expert") is not None else f"{d['rollouts']:.2f}"
+
+
+def _group(c: Cell) -> str:
+    return c.group or c.task + ("" if c.obs == "state" else f" ({c.obs} observations)")
 
 
 def _failures(task: str, a: dict) -> str:

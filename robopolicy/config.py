@@ -46,6 +46,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 2000
+    minutes: float = 0.0  # a training wall-clock budget (summed over resumes); 0: none. The LR schedule
+    # then runs on whichever of steps or time is further along, so a budgeted run still anneals
     seed: int = 0
     ema_power: float = 0.75
     ema_max: float = 0.9999

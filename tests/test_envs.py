@@ -226,3 +226,12 @@ def test_memory_outcomes_tell_a_wrong_way_failure_from_a_success():
         done = terminated or truncated
     assert info["success"] and info["outcome"] == {"presses": 2, "away": True}
     env.close()
+
+
+@pytest.mark.parametrize("name", ["cue-reach", "cue-pick-place"])
+def test_with_images_the_cue_shows_only_in_the_pictures(name):
+    """obs="image" is the image memory task: the state's cue slot stays zero, so the cue must be seen."""
+    state_obs, _ = envs.make(name).reset(seed=0)
+    image_obs, _ = envs.make(name, obs="image", image_size=32).reset(seed=0)
+    assert np.abs(state_obs["state"][7:]).sum() > 0 and not image_obs["state"][7:].any()
+    np.testing.assert_array_equal(image_obs["state"][:7], state_obs["state"][:7])

@@ -100,3 +100,25 @@ def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path
         assert np.array_equal(reply["plan"], expected.plan.astype(np.float32))
         first.close()
         second.close()
+
+
+def test_an_evaluation_rollout_encodes_each_frame_once(tmp_path):
+    """Evaluation (run_episodes) keeps a frame cache per episode like the server does: a To=16 stride-1
+    image window shares 8 of its frames with the previous chunk's, so re-encoding the window every chunk
+    would encode about twice the frames the episode has."""
+    from robopolicy import envs
+    from robopolicy.collect import collect
+    from robopolicy.eval.rollout import LocalEnv, run_episodes
+
+    store, _, _ = collect("cue-reach", 1, tmp_path / "s.zarr", obs="image", image_size=32, progress=False)
+    cfg = load_config("diffusion_image", ["policy.diffusion.down_dims=[16,32]", "policy.encoder.crop=28",
+                                          "data.n_obs=16", "data.horizon=24", "data.n_action_steps=8"])
+    norm = Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})
+    torch.manual_seed(0)
+    policy = Policy(cfg, store.schema, norm).eval()
+    encoded, encode = [], policy.frame_features
+    policy.frame_features = lambda frames: (encoded.append(len(frames["state"])), encode(frames))[1]
+    episode = run_episodes(policy, [LocalEnv(envs.make("cue-reach", obs="image", image_size=32))], [10**9])[0]
+    chunks = len(episode.latency_ms)
+    assert chunks >= 10 and len(encoded) == chunks  # one encoder call per chunk, for the new frames only
+    assert 0 < sum(encoded) <= episode.length + 1 < 16 * chunks

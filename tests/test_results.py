@@ -114,3 +114,28 @@ def test_a_cell_acting_on_the_energy_calibrates_its_threshold_on_collection_seed
     assert evaluated and calibrated and not evaluated & calibrated
     assert sum(e.get("refined", 0) for e in artifact["episodes"]) > 0  # about half the chunks were above it
     assert f"--refine-above q0.5 of collection-seed scores (= {calibration['threshold']:.3g})" in results.table(plan)
+
+
+def test_a_staged_cell_trains_stage_one_caches_and_trains_stage_two_on_the_cache(tmp_path):
+    """PTP's pipeline as one cell: stage 1 (here stopped by its time budget), the embedding cache, stage 2
+    at To=16 on it; the artifact's training wall-clock is the sum of the three, and the policy evaluated
+    is stage 2's (acting on raw images through stage 1's frozen encoder)."""
+    small = ["data.batch_size=8", "train.log_every=5", "train.tensorboard=false"]
+    (tmp_path / "results.yaml").write_text(
+        "work: work\nartifacts: cells\ncells:\n"
+        "  - {name: staged, task: cue-reach, obs: image, config: ptp_stage1, demos: 2, episodes: 1,\n"
+        f"     overrides: [train.steps=100000, train.minutes=0.02, train.checkpoint_every=10, {', '.join(small)}],\n"
+        f"     stage2: ptp_stage2, stage2_overrides: [train.steps=10, {', '.join(small)}]}}\n")
+    plan = results.load_plan(tmp_path / "results.yaml")
+    artifact = json.loads(results.run(plan, progress=False)[0].read_text())
+    parts = artifact["train_wall_parts_s"]
+    assert set(parts) == {"s", "stage1", "cache", "stage2"} and all(parts[k] > 0 for k in parts)
+    assert parts["s"] == artifact["train_wall_s"] == pytest.approx(parts["stage1"] + parts["cache"] + parts["stage2"])
+    assert parts["stage1"] >= 1.2 and artifact["config"]["data"]["n_obs"] == 16  # stage 2's config
+    first = tmp_path / "work" / "runs" / "staged.stage1"
+    assert any(json.loads(line).get("stopped") for line in (first / "log.jsonl").read_text().splitlines())
+    # made again without its artifact: neither stage retrains (the budget-stopped stage 1 counts as done)
+    (tmp_path / "cells" / "staged.json").unlink()
+    again = json.loads(results.run(plan, progress=False)[0].read_text())
+    assert again["train_wall_parts_s"]["stage1"] == parts["stage1"] and again["checkpoint"] == artifact["checkpoint"]
+    assert "-> cache -> ptp_stage2" in results.table(plan)

@@ -1,5 +1,5 @@
 """The shared trainer's plumbing: DDP through torchrun (gloo, 2 processes), TensorBoard scalars and the
-data-wait fraction, bf16 autocast, torch.compile."""
+data-wait fraction, bf16 autocast, torch.compile, a wall-clock budget."""
 import json
 import os
 import subprocess
@@ -32,6 +32,27 @@ def store(tmp_path_factory):
 
 def _log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_time_budget_stops_training_anneals_by_time_and_is_spent_across_resumes(store, tmp_path):
+    """train.minutes: training stops at the budget with a checkpoint, the LR schedule runs on the clock
+    (a budget far short of train.steps still anneals), and a resumed run counts the time already spent."""
+    overrides = [*SMALL, "train.steps=1000000", "train.minutes=0.03", "train.optim.warmup_steps=0",
+                 "train.log_every=1", "train.tensorboard=false"]
+    cfg = load_config("diffusion", overrides)
+    run = tmp_path / "run"
+    train(cfg, store, run, progress=False)
+    rows = _log(run)
+    stops = [r for r in rows if r.get("stopped")]
+    trained = [r for r in rows if "loss" in r]
+    assert len(stops) == 1 and stops[0]["wall_s"] >= 1.8 and stops[0]["step"] == trained[-1]["step"] < 10**6
+    assert trained[0]["lr"] > 0.5 * cfg.train.optim.lr and trained[-1]["lr"] < 0.1 * cfg.train.optim.lr
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert state["step"] == stops[0]["step"] and state["wall_s"] >= 1.8
+    assert (run / "policy" / "model.safetensors").exists()
+    train(cfg, store, run, resume=True, progress=False)  # the budget is spent: one step at most
+    again = [r for r in _log(run) if r.get("stopped")]
+    assert len(again) == 2 and again[1]["step"] - again[0]["step"] <= 1
 
 
 def test_ddp_with_torchrun_two_processes_on_gloo(store, tmp_path):

@@ -38,6 +38,13 @@ class FrameCache:
             self._items.popitem(last=False)
 
 
+def frame_cache(policy) -> FrameCache | None:
+    """One robot's per-frame features, for policies whose encoder does real work (images)."""
+    if not any(policy.schema[k].is_image for k in policy.obs_keys):
+        return None
+    return FrameCache(4 * policy.cfg.data.n_obs)
+
+
 def frame_digest(window: Window, keys: list[str], i: int) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for key in keys:

@@ -30,7 +30,7 @@ from robopolicy.errors import ConfigError, RobopolicyError
 from robopolicy.policy import ACT_BATCH, Policy
 from robopolicy.serve import protocol, wire
 from robopolicy.serve.engine import InferenceEngine
-from robopolicy.serve.frames import FrameCache
+from robopolicy.serve.frames import FrameCache, frame_cache
 
 log = logging.getLogger("robopolicy.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -102,13 +102,6 @@ class _OpenpiSession:
                                              f"of {want}", "bad_shape")
             frame[key] = np.array(x)  # own copy: the message's buffer is not ours to keep
         return frame
-
-
-def frame_cache(policy: Policy) -> FrameCache | None:
-    """A connection's per-frame features, for policies whose encoder does real work (images)."""
-    if not any(policy.schema[k].is_image for k in policy.obs_keys):
-        return None
-    return FrameCache(4 * policy.cfg.data.n_obs)
 
 
 class PolicyServer:

@@ -210,7 +210,9 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
     if cfg.train.compile:
         model = torch.compile(model)
     optim = torch.optim.AdamW(param_groups(policy, cfg), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps))
+    budget = _Budget(cfg.train.minutes, cfg.train.steps)
+    base = lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: base(budget.schedule_step(s)))
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max)
     step, epoch, position = 0, 0, 0  # position: batches of this epoch already trained on
     torch.manual_seed(cfg.train.seed + rank)  # independent noise draws per process
@@ -221,6 +223,7 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
         schedule.load_state_dict(state["schedule"])
         ema.weights, ema.step, step = state["ema"], state["ema_step"], state["step"]
         epoch, position = state["epoch"], state["position"]
+        budget.spent = state.get("wall_s", 0.0)
         _set_rng(state["rng"][rank % len(state["rng"])])
 
     writer = rank == 0
@@ -259,8 +262,16 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
                     for key in ("loss", "lr", "samples_s", "data_wait"):
                         tb.add_scalar(f"train/{key}", row[key], step)
             evaluate_now = cfg.eval.every > 0 and step % cfg.eval.every == 0
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or evaluate_now:
-                _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer)
+            out_of_time = budget.over()
+            if world > 1:  # every process stops at the same step
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
+            if out_of_time and writer:
+                log.write(json.dumps({"step": step, "stopped": "time budget", "wall_s": budget.elapsed()}) + "\n")
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or evaluate_now or out_of_time:
+                _checkpoint(out, policy, ema, optim, schedule, step, epoch, position, world, writer,
+                            budget.elapsed())
                 if writer and data.val is not None:  # the held-out episodes: logged at checkpoints, never trained on
                     val = validation_loss(policy, data.val, device, cfg.data.batch_size, bf16)
                     log.write(json.dumps({"step": step, "val_loss": val}) + "\n")
@@ -273,10 +284,13 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     _periodic_eval(cfg, policy, out, step, tb, log, bar)
                 meter.t = time.perf_counter()
-            if step >= cfg.train.steps:
+            if step >= cfg.train.steps or out_of_time:
                 break
         else:
             epoch, position = epoch + 1, 0
+            continue
+        if out_of_time:
+            break
     bar.close()
     if writer:
         log.close()
@@ -320,6 +334,25 @@ def _periodic_eval(cfg: Config, policy: Policy, out: Path, step: int, tb, log, b
             tb.add_scalar(f"eval/{task}/success", rate, step)
     bar.write(f"step {step}: eval success " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
     return rates
+
+
+class _Budget:
+    """``train.minutes``: training wall-clock, carried over resumes in train_state.pt."""
+
+    def __init__(self, minutes: float, steps: int):
+        self.limit_s, self.steps, self.spent, self.t0 = minutes * 60, steps, 0.0, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.spent + time.perf_counter() - self.t0
+
+    def over(self) -> bool:
+        return self.limit_s > 0 and self.elapsed() >= self.limit_s
+
+    def schedule_step(self, step: int) -> int:
+        """The step the LR schedule is at: with a budget, the further along of steps and time."""
+        if self.limit_s <= 0:
+            return step
+        return max(step, int(self.steps * min(self.elapsed() / self.limit_s, 1.0)))
 
 
 class _Meter:
@@ -399,7 +432,7 @@ def _batches(cfg: Config, store: DemoStore, store_path, gather: WindowGather, ep
 
 
 def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int, epoch: int, position: int,
-                world: int = 1, writer: bool = True) -> None:
+                world: int = 1, writer: bool = True, wall_s: float = 0.0) -> None:
     rngs = [_rng_state()]
     if world > 1:  # every process's RNG, so a resumed DDP run draws the same noise
         rngs = [None] * world
@@ -411,7 +444,7 @@ def _checkpoint(out: Path, policy: Policy, ema: EMA, optim, schedule, step: int,
     tmp = out / "train_state.pt.tmp"
     torch.save({"model": policy.state_dict(), "optim": optim.state_dict(), "schedule": schedule.state_dict(),
                 "ema": ema.weights, "ema_step": ema.step, "step": step, "epoch": epoch, "position": position,
-                "rng": rngs}, tmp)
+                "rng": rngs, "wall_s": wall_s}, tmp)
     tmp.replace(out / "train_state.pt")  # a crash mid-save leaves the previous state
 
 
