@@ -58,6 +58,8 @@ class ResultsPlan:
     path: Path | None = None
     root: Path = Path(".")  # what paths in the table are relative to (the repository)
     compare: list[tuple[str, str]] = field(default_factory=list)  # cell pairs tested on the same seeds
+    # others' figures, quoted under a table with their source (never ours: no artifact stands behind them)
+    published: list[dict] = field(default_factory=list)  # {group, figure, source}
 
 
 def load_plan(path: str | Path) -> ResultsPlan:
@@ -67,9 +69,10 @@ def load_plan(path: str | Path) -> ResultsPlan:
     if not path.is_file():
         raise ConfigError(f"results plan {path}: no such file (the shipped one is benchmarks/results.yaml)")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    unknown = set(raw) - {"work", "artifacts", "cells", "compare"}
+    unknown = set(raw) - {"work", "artifacts", "cells", "compare", "published"}
     if unknown:
-        raise ConfigError(f"results plan {path}: unknown keys {sorted(unknown)} (work, artifacts, cells, compare)")
+        raise ConfigError(f"results plan {path}: unknown keys {sorted(unknown)} "
+                          "(work, artifacts, cells, compare, published)")
     cells, names = [], set()
     for i, c in enumerate(raw.get("cells") or []):
         try:
@@ -92,9 +95,16 @@ def load_plan(path: str | Path) -> ResultsPlan:
     bad = [p for p in compare if len(p) != 2 or not set(p) <= names]
     if bad:
         raise ConfigError(f"results plan {path}: compare entries must be two cell names, got {bad}")
+    published = raw.get("published") or []
+    groups = {_group(c) for c in cells}
+    bad = [q for q in published if not isinstance(q, dict) or set(q) != {"group", "figure", "source"}
+           or q["group"] not in groups]
+    if bad:
+        raise ConfigError(f"results plan {path}: published entries need group (one of the tables: "
+                          f"{sorted(groups)}), figure and source; got {bad}")
     root = path.parent.parent if path.parent.name == "benchmarks" else path.parent
     return ResultsPlan(cells, root / raw.get("work", "runs/results"),
-                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root, compare)
+                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root, compare, published)
 
 
 def select(plan: ResultsPlan, only: str | None) -> list[Cell]:
@@ -376,6 +386,11 @@ def table(plan: ResultsPlan) -> str:
             labels = {c.name: c.label or c.name for c in cells}
             for x, y in pairs:
                 lines.append(f"| A {labels[x]} vs B {labels[y]} | " + _paired(found.get(x), found.get(y)) + " |")
+            lines.append("")
+        quoted = [q for q in plan.published if q["group"] == group]
+        if quoted:
+            lines += ["Published, for context (their demonstrations, observations and compute, not ours):", ""]
+            lines += [f"- {q['figure']} ({q['source']})" for q in quoted]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -29,7 +29,9 @@ def test_bad_plans_fail_with_one_clear_message(tmp_path):
                          "repeated"),
                         ("cells:\n  - {name: a, task: reach, config: ebt, checkpoint_of: b}\n", "not a cell"),
                         ("cells:\n  - {name: a, task: reach, config: ebt}\ncompare: [[a, z]]\n", "two cell names"),
-                        ("cells:\n  - {name: a, task: reach, config: ebt, act_on_score: hope}\n", "retry or refine")):
+                        ("cells:\n  - {name: a, task: reach, config: ebt, act_on_score: hope}\n", "retry or refine"),
+                        ("cells:\n  - {name: a, task: reach, config: ebt}\n"
+                         "published: [{group: lift, figure: '1.00', source: a paper}]\n", "published entries")):
         (tmp_path / "p.yaml").write_text(text)
         with pytest.raises(ConfigError, match=match):
             results.load_plan(tmp_path / "p.yaml")
@@ -79,6 +81,15 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
     r = subprocess.run([sys.executable, "-m", "robopolicy.cli", "results", "--check", "--plan",
                         str(tmp_path / "results.yaml"), "--readme", str(readme)], capture_output=True, text=True)
     assert r.returncode == 1 and "disagrees" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_published_figures_are_quoted_under_their_own_table_with_their_source(tmp_path):
+    (tmp_path / "p.yaml").write_text(
+        "cells:\n  - {name: a, task: reach, config: ebt}\n  - {name: b, task: lift, config: ebt, group: standard}\n"
+        "published: [{group: standard, figure: 'Lift 0.98', source: 'Chi et al.'}]\n")
+    text = results.table(results.load_plan(tmp_path / "p.yaml"))
+    reach, standard = text.index("**reach**"), text.index("**standard**")
+    assert text.count("Lift 0.98 (Chi et al.)") == 1 and text.index("Lift 0.98") > standard > reach
 
 
 def test_paired_rows_count_discordant_seeds():
