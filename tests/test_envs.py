@@ -123,9 +123,12 @@ def test_the_proof_cue_bound_catches_a_cue_the_mean_misses(cue_reach_pair):
 
 
 def test_memory_tasks_hide_the_variable_from_the_state_and_the_picture(cue_reach_pair):
-    # the cue is in the first observation and gone by the decision step
+    # with state observations the cue is in the first state and gone by the decision step ...
+    s = rollout(memory.CueReach, 0, obs="state")
+    assert np.any(s.obs[0]["state"][7:] != 0) and np.all(s.obs[s.decision_steps[0]]["state"][7:] == 0)
+    # ... with images it is never in the state (the image memory task: it has to be seen)
     a, b = cue_reach_pair
-    assert np.any(a.obs[0]["state"][7:] != 0) and np.all(a.obs[a.decision_steps[0]]["state"][7:] == 0)
+    assert not any(o["state"][7:].any() for o in a.obs + b.obs)
     seen = np.abs(a.obs[0]["corner2_image"].astype(int) - b.obs[0]["corner2_image"]).max(-1)
     assert (seen > 100).sum() >= 10  # the cue is plainly in the picture at the start ...
     gone = np.abs(a.obs[a.decision_steps[0]]["corner2_image"].astype(int) - b.obs[b.decision_steps[0]]["corner2_image"])
