@@ -103,6 +103,11 @@ class CueReach(MemoryTask):
     def failure_kind(outcome: dict) -> str:
         return "reached for the other target" if outcome["nearer"] != outcome["cue"] else "short of the cued target"
 
+    @staticmethod
+    def failure_distance(outcome: dict) -> float:
+        """How far the hand ended from the target it went for (success: within 0.05 m)."""
+        return outcome["distance"]
+
     def make_expert(self):
         return _CueReachExpert()
 
@@ -180,6 +185,11 @@ class CuePickPlace(MemoryTask):
         if not outcome["lifted"]:
             return "never lifted"
         return "carried toward the other goal" if outcome["nearer"] != outcome["cue"] else "cued goal, not placed"
+
+    @staticmethod
+    def failure_distance(outcome: dict) -> float | None:
+        """How far the lifted puck ended from the goal it went for (success: within 0.05 m); None if never lifted."""
+        return outcome["distance"] if outcome["lifted"] else None
 
     def make_expert(self):
         return _CuePickPlaceExpert()

@@ -103,3 +103,20 @@ def failure_kinds(task: str, episodes: Sequence[dict]) -> dict[str, int] | None:
         k = kind(e["outcome"])
         counts[k] = counts.get(k, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def failure_distances(task: str, episodes: Sequence[dict]) -> dict[str, float]:
+    """The median distance, per failure kind, between where a failed episode ended and where it went (the
+    task's ``failure_distance`` of each outcome; kinds it gives no distance for are left out). It tells a
+    near miss from a stop halfway."""
+    from robopolicy import envs
+
+    kind = getattr(envs.get(task).factory, "failure_kind", None)
+    distance = getattr(envs.get(task).factory, "failure_distance", None)
+    if kind is None or distance is None:
+        return {}
+    by_kind: dict[str, list[float]] = {}
+    for e in episodes:
+        if not e["success"] and "outcome" in e and distance(e["outcome"]) is not None:
+            by_kind.setdefault(kind(e["outcome"]), []).append(distance(e["outcome"]))
+    return {k: float(np.median(d)) for k, d in by_kind.items()}

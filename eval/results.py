@@ -407,10 +407,13 @@ def _group(c: Cell) -> str:
 
 
 def _failures(task: str, a: dict) -> str:
-    from robopolicy.eval.diagnostics import failure_kinds
+    from robopolicy.eval.diagnostics import failure_distances, failure_kinds
 
     kinds = failure_kinds(task, a["episodes"])
-    return "-" if kinds is None else ", ".join(f"{n} {k}" for k, n in kinds.items())
+    if kinds is None:
+        return "-"
+    far = failure_distances(task, a["episodes"])
+    return ", ".join(f"{n} {k}" + (f" (median {far[k]:.3f} m from it)" if k in far else "") for k, n in kinds.items())
 
 
 def _scored(a: dict) -> bool:

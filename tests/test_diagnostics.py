@@ -47,3 +47,16 @@ def test_failures_are_counted_by_how_the_task_says_they_ended():
     assert diagnostics.failure_kinds("button-twice", episodes) == {"pressed 3+ times": 2, "pressed once": 1}
     assert diagnostics.failure_kinds("button-twice", [{"success": False}]) is None  # no outcomes recorded
     assert diagnostics.failure_kinds("reach", episodes) is None  # the task names no kinds
+
+
+def test_failure_distances_are_medians_per_kind_where_the_task_gives_one():
+    def ended(success, cue, nearer, distance, lifted=True):
+        return {"success": success, "outcome": {"cue": cue, "nearer": nearer, "distance": distance, "lifted": lifted}}
+
+    reach = [ended(False, 0, 0, 0.06), ended(False, 0, 0, 0.08), ended(False, 1, 1, 0.055),
+             ended(False, 1, 0, 0.2), ended(True, 0, 0, 0.01)]  # a success's distance counts nowhere
+    assert diagnostics.failure_distances("cue-reach", reach) == {"short of the cued target": 0.06,
+                                                                  "reached for the other target": 0.2}
+    place = [ended(False, 0, 0, 0.3, lifted=False), ended(False, 0, 0, 0.07)]  # an unlifted puck has no distance
+    assert diagnostics.failure_distances("cue-pick-place", place) == {"cued goal, not placed": 0.07}
+    assert diagnostics.failure_distances("button-twice", [{"success": False, "outcome": {"presses": 1}}]) == {}
