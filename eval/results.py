@@ -133,8 +133,28 @@ def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = 
     and write its artifact."""
     source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
     cfg = _train_cell(plan, source, progress)
+    if cell.checkpoint_of is not None:
+        _same_policy_as_artifact(plan, source)
     return _evaluate_cell(plan, cell, plan.work / "runs" / source.name, cfg, workers, progress,
                           _store_path(plan, source))
+
+
+def _same_policy_as_artifact(plan: ResultsPlan, source: Cell) -> None:
+    """A cell that evaluates another cell's policy another way is compared with that cell seed for seed, so it
+    must evaluate the very policy the other's artifact did; a retraining (a fresh clone, another machine or
+    torch build) need not reproduce it bit for bit."""
+    from robopolicy.policy import checkpoint_hash
+
+    artifact = plan.artifacts / f"{source.name}.json"
+    if not artifact.exists():
+        return
+    recorded = json.loads(artifact.read_text())["checkpoint"]
+    here = checkpoint_hash(plan.work / "runs" / source.name / "policy")
+    if here != recorded:
+        raise ConfigError(f"cell {source.name}: the policy trained here ({here}) is not the one its artifact "
+                          f"evaluated ({recorded}); training did not reproduce it, so a cell that evaluates it "
+                          "another way would be compared with a different policy. Remake both: delete "
+                          f"{_relative(artifact, plan.root)} and the cells that evaluate its policy, then run again")
 
 
 def _store_path(plan: ResultsPlan, cell: Cell) -> Path:

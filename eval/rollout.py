@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from robopolicy.data.windows import History, WindowSpec
+from robopolicy.data.windows import History, Window, WindowSpec
 from robopolicy.serve.frames import FrameCache, attach_features, frame_cache
 
 
@@ -156,14 +156,17 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
                  on_episode: Callable[[Episode], None] | None = None, keep: bool = False,
                  restart: Callable[[int], object] | None = None, retries: int = 1,
                  execute: int | None = None, inpaint_past: bool = False, retry_above: float | None = None,
-                 refine_above: float | None = None) -> list[Episode]:
+                 refine_above: float | None = None,
+                 window_of: Callable[[History, list[str]], Window] | None = None) -> list[Episode]:
     """Run one episode per seed on ``slots`` (LocalEnv or WorkerEnv), ``k`` candidates per chunk, ``execute``
     actions of each chunk (default: the policy's Ta). Returns the episodes in the order they finished,
     calling ``on_episode`` as each does; ``keep``: episodes keep their executed actions and observations
     (``Episode.actions``, ``Episode.observations``). A slot whose env dies
     (EnvDied) is replaced by ``restart(slot_index)`` and its episode rerun from the start, up to
     ``retries`` times; then the episode counts as a failure with an error. Without ``restart`` the
-    error propagates. ``retry_above``, ``refine_above``: the verifier's score acted on (``Policy.act``)."""
+    error propagates. ``retry_above``, ``refine_above``: the verifier's score acted on (``Policy.act``).
+    ``window_of(history, obs_keys)``: what the policy is shown of an episode (default ``History.window``); an
+    experiment that shows the policy an altered history passes its own (benchmarks/noptp_stall.py)."""
     cfg = policy.cfg.data
     spec = WindowSpec(cfg.n_obs, cfg.horizon, cfg.stride)
     queue = [int(s) for s in seeds][::-1]  # pop() takes the next seed
@@ -228,7 +231,7 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
         active = [i for i in range(len(slots)) if running[i] is not None]
         if not active:
             continue
-        windows = [running[i].history.window(policy.obs_keys) for i in active]
+        windows = [(window_of or History.window)(running[i].history, policy.obs_keys) for i in active]
         t0 = time.perf_counter()
         if running[active[0]].cache is not None:  # a long image window re-encodes only its newest frames
             attach_features(policy, windows, [running[i].cache for i in active])

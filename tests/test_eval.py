@@ -278,3 +278,55 @@ def test_a_chunk_records_what_physics_executed_clipped_to_the_action_space():
     assert np.array_equal(np.stack(result.actions), np.array([[1.0, -1.0, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]],
                                                               np.float32))
     env.close()
+
+
+def test_run_episodes_shows_the_policy_the_window_that_window_of_builds(run):
+    """The hook an experiment uses to show a policy an altered history (benchmarks/noptp_stall.py): by default
+    the episode's own window, and when given, exactly what it returns, at every chunk."""
+    from dataclasses import replace
+
+    from robopolicy import envs
+    from robopolicy.data.windows import History
+    from robopolicy.eval.rollout import LocalEnv, run_episodes
+    from robopolicy.policy import Policy
+
+    policy, seeds = Policy.load(run / "policy"), list(envs.eval_seeds(2))
+
+    def episodes(**kw):
+        return sorted(run_episodes(policy, [LocalEnv(envs.make("reach"))], seeds, **kw), key=lambda e: e.seed)
+
+    shown = []
+
+    def frozen(history, keys):  # the first observation forever: a policy that never sees itself move
+        w = history.window(keys)
+        shown.append(replace(w, obs={k: np.repeat(history.obs[0][k][None], len(v), 0) for k, v in w.obs.items()}))
+        return shown[-1]
+
+    plain, same, blind = episodes(), episodes(window_of=History.window), episodes(window_of=frozen)
+    assert [e.actions_hash for e in plain] == [e.actions_hash for e in same]
+    assert len(shown) == sum(len(e.latency_ms) for e in blind)
+    assert all(a.actions_hash != b.actions_hash for a, b in zip(plain, blind))
+
+
+def test_the_clock_shift_lengthens_or_shortens_the_wait_and_keeps_the_rest():
+    """benchmarks/noptp_stall.py's history surgery: frame decide-1 repeated, or the frames before decide left
+    out; actions move with their frames."""
+    import importlib.util
+
+    from robopolicy.data.windows import History, WindowSpec
+
+    spec = importlib.util.spec_from_file_location("noptp_stall", ROOT / "benchmarks" / "noptp_stall.py")
+    stall = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stall)
+    history = History(WindowSpec(n_obs=4, horizon=8, stride=2), 1)
+    history.start({"state": np.array([0.0])})
+    for t in range(1, 12):
+        history.record(np.array([t - 1.0]), {"state": np.array([float(t)])})
+    later, earlier = stall.shifted_history(history, 3, 6), stall.shifted_history(history, -3, 6)
+    frames = lambda h: [o["state"][0] for o in h.obs]  # noqa: E731
+    assert frames(later) == [0, 1, 2, 3, 4, 5, 5, 5, 5, 6, 7, 8, 9, 10, 11]
+    assert frames(earlier) == [0, 1, 2, 6, 7, 8, 9, 10, 11]
+    assert [a[0] for a in later.actions] == [0, 1, 2, 3, 4, 5, 5, 5, 5, 6, 7, 8, 9, 10]
+    assert [a[0] for a in earlier.actions] == [0, 1, 2, 6, 7, 8, 9, 10]
+    assert later.window().obs["state"][:, 0].tolist() == [5, 7, 9, 11]  # the last frame is still now
+    assert stall.shifted_history(history, 0, 6).obs == history.obs

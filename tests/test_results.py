@@ -68,6 +68,14 @@ def test_a_cell_is_made_once_resumed_tabled_and_checked(tmp_path):
     other = json.loads(results.run(plan, only="reach.tiny.inpaint", progress=False)[0].read_text())
     assert other["checkpoint"] == artifact["checkpoint"] and other["train_wall_s"] == artifact["train_wall_s"]
     assert other["cell"]["inpaint_past"] and other["trials"] == 2
+    # ... and it refuses a policy that is not the one the other cell's artifact evaluated (a retraining)
+    (plan.artifacts / "reach.tiny.inpaint.json").unlink()
+    recorded = plan.artifacts / "reach.tiny.json"
+    kept = recorded.read_text()
+    recorded.write_text(json.dumps({**json.loads(kept), "checkpoint": "0" * 16}))
+    with pytest.raises(ConfigError, match="training did not reproduce it"):
+        results.run(plan, only="reach.tiny.inpaint", progress=False)
+    recorded.write_text(kept)
     # the section comes from the artifacts; the check catches an edit
     assert results.check(plan, readme) is not None  # "stale"
     assert results.write_readme(plan, readme)

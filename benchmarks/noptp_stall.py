@@ -1,0 +1,243 @@
+"""Why long context without PTP fails on cue-reach: where its episodes stop, and whether the clock its
+window carries is what stops them.
+
+    python benchmarks/noptp_stall.py OUT.json NOPTP_CHECKPOINT PTP_CHECKPOINT [--episodes 50] [--shift 12]
+
+The results table shows that no-PTP's cue-reach failures do not forget the cue: they end nearer the cued
+target, a centimetre or two outside the 5 cm success radius. This measures, on the evaluation seeds:
+
+1. **Trajectories.** The distance from the tool centre to the cued target at every step, for the expert,
+   PTP and no-PTP (``OUT.png``): who falls behind the expert's schedule, and where the policies stop.
+2. **The clock test**, an experiment that can come out either way. Until step 90 a To=16, stride-6 window
+   starts with copies of the episode's first frame, so it tells the policy how long the episode has run,
+   and the expert's behaviour is indexed by time (it waits at READY until step 30), so a long-context
+   policy has to read that clock. Hypothesis: no-PTP ties the size of its steps to the clock rather than
+   to where the hand is, so an episode that falls behind the demonstrations' schedule slows down as if it
+   had arrived. Test: once the hand has left READY (2 cm from where it waited), every window the policy
+   is shown holds the episode as it happened except that the wait at READY is ``--shift`` frames longer
+   (the clock reads later) or shorter (earlier). If the clock drives the stall, no-PTP's success falls
+   with a later clock and rises with an earlier one; if it does not move, the clock is not the
+   mechanism. PTP, the same architecture and data with the past supervised, is the control.
+
+Both policies act exactly as ``robopolicy eval`` runs them (run_episodes, noise seeded by the episode
+seed), so the unshifted rows repeat the committed results cells seed for seed when the checkpoints
+are theirs (the artifact says whether they are, and how many seeds agree).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+LEFT_READY = 0.02  # m from the hand's position at DECIDE - 1: the hand has left READY
+CELLS = {"no PTP": "cue-reach.noptp.s1", "PTP": "cue-reach.ptp.s1"}  # the results cells these policies repeat
+
+
+def shifted_history(history, shift: int, decide: int):
+    """The episode with the wait at READY ``shift`` frames longer (frame decide-1 repeated) or shorter
+    (frames decide-|shift| .. decide-1 left out); actions move with their frames."""
+    obs, actions = history.obs, history.actions
+    if shift >= 0:
+        obs = obs[:decide] + [obs[decide - 1]] * shift + obs[decide:]
+        actions = actions[:decide] + [actions[decide - 1]] * shift + actions[decide:]
+    else:
+        obs, actions = obs[: decide + shift] + obs[decide:], actions[: decide + shift] + actions[decide:]
+    shown = type(history)(history.spec, history.action_dim)
+    shown.obs, shown.actions = obs, actions
+    return shown
+
+
+def window_with_clock_shift(shift: int, decide: int):
+    """``run_episodes``' ``window_of``: the real window until the hand leaves READY, then the shifted history's
+    frames (the step count, plan and queue stay the real episode's)."""
+    def window_of(history, keys):
+        real = history.window(keys)
+        if shift == 0 or history.t < decide or not _left_ready(history, decide):
+            return real
+        shown = shifted_history(history, shift, decide).window(keys)
+        return replace(real, obs=shown.obs, actions_before_frames=shown.actions_before_frames,
+                       actions_at_past_frames=shown.actions_at_past_frames)
+    return window_of
+
+
+def _left_ready(history, decide: int) -> bool:
+    waited = history.obs[decide - 1]["state"][:3]
+    return any(np.linalg.norm(o["state"][:3] - waited) > LEFT_READY for o in history.obs[decide:])
+
+
+class Traced:
+    """A cue-reach env that keeps, per seed, the tool centre's distance to the cued target after reset and
+    after every step (success is that distance under 5 cm)."""
+
+    def __init__(self, env):
+        self.env, self.traces, self._trace = env, {}, None
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def _distance(self) -> float:
+        task = self.env.unwrapped
+        return float(np.linalg.norm(task.sim.tcp_center - task.target))
+
+    def reset(self, seed=None, **kw):
+        out = self.env.reset(seed=seed, **kw)
+        self._trace = self.traces[int(seed)] = [self._distance()]
+        return out
+
+    def step(self, action):
+        out = self.env.step(action)
+        self._trace.append(self._distance())
+        return out
+
+
+def expert_traces(seeds) -> dict[int, list[float]]:
+    from robopolicy import envs
+
+    env = Traced(envs.make("cue-reach"))
+    for seed in seeds:
+        env.reset(seed=seed)
+        expert = env.unwrapped.make_expert()
+        expert.reset()
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(expert.act(env.unwrapped))
+            done = terminated or truncated
+    env.close()
+    return env.traces
+
+
+def policy_rows(policy, seeds, shift: int, decide: int, slots: int = 8):
+    from robopolicy import envs
+    from robopolicy.eval.rollout import LocalEnv, run_episodes
+
+    traced = [Traced(envs.make("cue-reach")) for _ in range(slots)]
+    episodes = run_episodes(policy, [LocalEnv(e) for e in traced], seeds, keep=True,
+                            window_of=window_with_clock_shift(shift, decide))
+    traces = {s: t for e in traced for s, t in e.traces.items()}
+    for e in traced:
+        e.close()
+    return sorted(episodes, key=lambda e: e.seed), traces
+
+
+def step_size(actions: np.ndarray) -> float:
+    """Median commanded step (norm of the xyz action) over an episode's last 20 steps."""
+    return float(np.median(np.linalg.norm(actions[-20:, :3], axis=1)))
+
+
+def summary(episodes, traces, radius: float) -> dict:
+    failed = [e for e in episodes if not e.success]
+    return {
+        "successes": sum(e.success for e in episodes), "trials": len(episodes),
+        "success_by_seed": {str(e.seed): bool(e.success) for e in episodes},
+        "failed_final_distance_median_m": float(np.median([traces[e.seed][-1] for e in failed])) if failed else None,
+        "failed_last20_step_median": float(np.median([step_size(e.actions) for e in failed])) if failed else None,
+        "first_step_within_10cm_median": _first_within(traces, 0.10),
+        "first_step_within_radius_median": _first_within(traces, radius),
+    }
+
+
+def _first_within(traces: dict[int, list[float]], d: float) -> float | None:
+    steps = [next((i for i, x in enumerate(t) if x < d), None) for t in traces.values()]
+    reached = [s for s in steps if s is not None]
+    return float(np.median(reached)) if reached else None
+
+
+def profile(traces: dict[int, list[float]], length: int) -> dict:
+    """Per step: median and quartiles of the distance over episodes (an ended episode holds its last)."""
+    grid = np.array([t + [t[-1]] * (length - len(t)) for t in traces.values()])[:, :length]
+    q = np.percentile(grid, [25, 50, 75], axis=0)
+    return {"q25": q[0].round(4).tolist(), "median": q[1].round(4).tolist(), "q75": q[2].round(4).tolist()}
+
+
+def figure(profiles: dict[str, dict], radius: float, decide: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, p), color in zip(profiles.items(), ["black", "tab:blue", "tab:red", "tab:orange", "tab:green"]):
+        x = np.arange(len(p["median"]))
+        ax.plot(x, p["median"], color=color, label=name)
+        ax.fill_between(x, p["q25"], p["q75"], color=color, alpha=0.15)
+    ax.axhline(radius, color="grey", ls="--", lw=1, label="success radius")
+    ax.axvline(decide, color="grey", ls=":", lw=1, label="the expert leaves READY")
+    ax.set_xlabel("step")
+    ax.set_ylabel("tool centre to the cued target (m)")
+    ax.set_title("cue-reach, evaluation seeds: median and quartiles")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    import torch
+
+    from robopolicy import envs
+    from robopolicy.envs.memory import CueReach
+    from robopolicy.eval.stats import mcnemar_exact
+    from robopolicy.policy import Policy, checkpoint_hash
+
+    out, checkpoints = Path(argv[0]), {"no PTP": argv[1], "PTP": argv[2]}
+    episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 50
+    shift = int(argv[argv.index("--shift") + 1]) if "--shift" in argv else 12
+    decide, radius, length = CueReach.DECIDE, 0.05, CueReach.max_episode_steps + 1
+    if not 0 < shift < decide - CueReach.CUE_STEPS:
+        raise SystemExit(f"--shift must be in 1..{decide - CueReach.CUE_STEPS - 1} (the wait after the cue)")
+    t0 = time.time()
+    seeds = list(envs.eval_seeds(episodes))
+    cells = Path(__file__).parent / "results" / "cells"
+    experts = expert_traces(seeds)
+    result = {"expert": {"successes": sum(t[-1] < radius for t in experts.values()), "trials": len(seeds),
+                         "first_step_within_10cm_median": _first_within(experts, 0.10),
+                         "first_step_within_radius_median": _first_within(experts, radius)},
+              "policies": {}}
+    profiles = {"expert": profile(experts, length)}
+    for name, checkpoint in checkpoints.items():
+        policy = Policy.load(checkpoint)
+        cell = json.loads((cells / f"{CELLS[name]}.json").read_text())
+        rows, base = {}, None
+        for s in (0, shift, -shift):
+            t1 = time.time()
+            eps, traces = policy_rows(policy, seeds, s, decide)
+            row = summary(eps, traces, radius)
+            if s == 0:
+                base = row["success_by_seed"]
+                profiles[name] = profile(traces, length)
+                row["agrees_with_cell_seeds"] = sum(base[str(e["seed"])] == e["success"] for e in cell["episodes"]
+                                                    if str(e["seed"]) in base)
+            else:
+                gained = sum(row["success_by_seed"][k] and not base[k] for k in base)
+                lost = sum(base[k] and not row["success_by_seed"][k] for k in base)
+                row["vs_unshifted"] = {"gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact(gained, lost)}
+            row["wall_s"] = round(time.time() - t1, 1)
+            rows[f"clock {s:+d}" if s else "as it happened"] = row
+            print(f"{name:7s} clock {s:+3d}: {row['successes']}/{row['trials']}"
+                  + (f"  (+{row['vs_unshifted']['gained']} / -{row['vs_unshifted']['lost']}, "
+                     f"p={row['vs_unshifted']['mcnemar_p']:.3g})" if s else
+                     f"  (agrees with {CELLS[name]} on {row['agrees_with_cell_seeds']} seeds)"), flush=True)
+        result["policies"][name] = {"checkpoint": checkpoint_hash(checkpoint),
+                                    "is_the_cells_checkpoint": checkpoint_hash(checkpoint) == cell["checkpoint"],
+                                    "cell": CELLS[name], "rows": rows}
+    figure(profiles, radius, decide, out.with_suffix(".png"))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    artifact = {"command": "python benchmarks/noptp_stall.py " + " ".join(argv), "commit": commit,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+                "seeds": [seeds[0], seeds[-1]], "shift": shift, "left_ready_m": LEFT_READY,
+                "wall_s": round(time.time() - t0, 1), **result, "profiles": profiles}
+    out.write_text(json.dumps(artifact, indent=1))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
