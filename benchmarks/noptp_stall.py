@@ -18,6 +18,14 @@ target, a centimetre or two outside the 5 cm success radius. This measures, on t
    (the clock reads later) or shorter (earlier). If the clock drives the stall, no-PTP's success falls
    with a later clock and rises with an earlier one; if it does not move, the clock is not the
    mechanism. PTP, the same architecture and data with the past supervised, is the control.
+3. **Probes at the same windows.** Windows taken from no-PTP's own episodes (approaching, step 45, and
+   stalled, step 80, of its failures) are shown to both policies, with the same sampling noise (8 draws):
+   the first action's component toward the cued target (the expert's P-controller commands 10 x the
+   hand's offset from it, clipped to 1 per axis); how much it changes when only the current frame's hand
+   is moved 2 cm toward the target (the expert's: up to 10 x 0.02 = 0.2 less where it does not clip); and
+   how much it changes with the clock shifted
+   (``--shift`` later). A policy that reads where the hand is answers the first probe; one that reads
+   the clock answers the second.
 
 Both policies act exactly as ``robopolicy eval`` runs them (run_episodes, noise seeded by the episode
 seed), so the unshifted rows repeat the committed results cells seed for seed when the checkpoints
@@ -38,6 +46,9 @@ import numpy as np
 
 LEFT_READY = 0.02  # m from the hand's position at DECIDE - 1: the hand has left READY
 CELLS = {"no PTP": "cue-reach.noptp.s1", "PTP": "cue-reach.ptp.s1"}  # the results cells these policies repeat
+PROBE_STEPS = {"approaching": 45, "stalled": 80}  # steps of no-PTP's failed episodes probed
+PROBE_MOVE = 0.02  # m: the current frame's hand moved toward the target
+NOISE_DRAWS = 8
 
 
 def shifted_history(history, shift: int, decide: int):
@@ -128,6 +139,67 @@ def policy_rows(policy, seeds, shift: int, decide: int, slots: int = 8):
     return sorted(episodes, key=lambda e: e.seed), traces
 
 
+def history_at(policy, episode, t: int):
+    """The kept episode as a History at step t (observations 0..t, actions 0..t-1)."""
+    from robopolicy.data.windows import History, WindowSpec
+
+    cfg = policy.cfg.data
+    history = History(WindowSpec(cfg.n_obs, cfg.horizon, cfg.stride), policy.action_dim)
+    history.start(episode.observations[0])
+    for i in range(t):
+        history.record(episode.actions[i], episode.observations[i + 1])
+    return history
+
+
+def toward(policy, windows, directions) -> np.ndarray:
+    """(windows,) the first action's xyz component along each direction, averaged over NOISE_DRAWS draws
+    seeded alike for every call (common random numbers: differences between calls are the model's)."""
+    import torch
+
+    along = np.zeros(len(windows))
+    for draw in range(NOISE_DRAWS):
+        chunks = policy.act(windows, generators=[torch.Generator().manual_seed(draw) for _ in windows])
+        along += [c.actions[0][:3] @ u for c, u in zip(chunks, directions)]
+    return along / NOISE_DRAWS
+
+
+def probes(policies: dict, episodes, targets: np.ndarray, shift: int, decide: int) -> dict:
+    """At no-PTP's failed episodes' probe steps: each policy's push toward the cued target, its change when
+    the current frame's hand is moved PROBE_MOVE toward it, and its change with the clock ``shift`` later."""
+    reference = next(iter(policies.values()))
+    out = {}
+    for phase, t in PROBE_STEPS.items():
+        cases = [(e, history_at(reference, e, t)) for e in episodes if not e.success and len(e.actions) > t]
+        if not cases:
+            continue
+        keys = reference.obs_keys
+        windows = [h.window(keys) for _, h in cases]
+        hands = np.array([h.obs[-1]["state"][:3] for _, h in cases])
+        goals = np.array([targets[e.outcome["cue"]] for e, _ in cases])
+        u = (goals - hands) / np.linalg.norm(goals - hands, axis=1, keepdims=True)
+        moved = []
+        for w, step in zip(windows, u):
+            state = w.obs["state"].copy()
+            state[-1, :3] += PROBE_MOVE * step  # the current frame only
+            moved.append(replace(w, obs={**w.obs, "state": state}))
+        later = window_with_clock_shift(shift, decide)
+        shifted = [later(h, keys) for _, h in cases]
+        distance = np.linalg.norm(goals - hands, axis=1)
+        row = {"windows": len(cases), "hand_to_target_median_m": float(np.median(distance)),
+               "expert_push": float(np.median(np.sum(np.clip(10 * (goals - hands), -1, 1) * u, axis=1))),
+               "expert_change_when_hand_moved": float(np.median(np.sum(
+                   (np.clip(10 * (goals - hands - PROBE_MOVE * u), -1, 1) - np.clip(10 * (goals - hands), -1, 1))
+                   * u, axis=1))), "policies": {}}
+        for name, policy in policies.items():
+            base = toward(policy, windows, u)
+            row["policies"][name] = {
+                "push_median": float(np.median(base)),
+                "change_when_hand_moved_median": float(np.median(toward(policy, moved, u) - base)),
+                f"change_with_clock_{shift:+d}_median": float(np.median(toward(policy, shifted, u) - base))}
+        out[f"{phase} (step {t})"] = row
+    return out
+
+
 def step_size(actions: np.ndarray) -> float:
     """Median commanded step (norm of the xyz action) over an episode's last 20 steps."""
     return float(np.median(np.linalg.norm(actions[-20:, :3], axis=1)))
@@ -203,8 +275,10 @@ def main(argv: list[str]) -> None:
                          "first_step_within_radius_median": _first_within(experts, radius)},
               "policies": {}}
     profiles = {"expert": profile(experts, length)}
+    policies = {name: Policy.load(checkpoint) for name, checkpoint in checkpoints.items()}
+    kept = {}
     for name, checkpoint in checkpoints.items():
-        policy = Policy.load(checkpoint)
+        policy = policies[name]
         cell = json.loads((cells / f"{CELLS[name]}.json").read_text())
         rows, base = {}, None
         for s in (0, shift, -shift):
@@ -212,7 +286,7 @@ def main(argv: list[str]) -> None:
             eps, traces = policy_rows(policy, seeds, s, decide)
             row = summary(eps, traces, radius)
             if s == 0:
-                base = row["success_by_seed"]
+                kept[name], base = eps, row["success_by_seed"]
                 profiles[name] = profile(traces, length)
                 row["agrees_with_cell_seeds"] = sum(base[str(e["seed"])] == e["success"] for e in cell["episodes"]
                                                     if str(e["seed"]) in base)
@@ -229,6 +303,12 @@ def main(argv: list[str]) -> None:
         result["policies"][name] = {"checkpoint": checkpoint_hash(checkpoint),
                                     "is_the_cells_checkpoint": checkpoint_hash(checkpoint) == cell["checkpoint"],
                                     "cell": CELLS[name], "rows": rows}
+    result["probes_at_no_ptp_failures"] = probes(policies, kept["no PTP"], CueReach.TARGETS, shift, decide)
+    for phase, row in result["probes_at_no_ptp_failures"].items():
+        print(f"{phase}: {row['windows']} windows, {row['hand_to_target_median_m']:.3f} m to go, expert push "
+              f"{row['expert_push']:.2f} (hand moved {row['expert_change_when_hand_moved']:+.2f}); " + "; ".join(
+                  f"{n} push {p['push_median']:.2f}, hand moved {p['change_when_hand_moved_median']:+.2f}, "
+                  f"clock {p[f'change_with_clock_{shift:+d}_median']:+.2f}" for n, p in row["policies"].items()))
     figure(profiles, radius, decide, out.with_suffix(".png"))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     artifact = {"command": "python benchmarks/noptp_stall.py " + " ".join(argv), "commit": commit,
