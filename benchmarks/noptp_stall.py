@@ -17,19 +17,23 @@ target, a centimetre or two outside the 5 cm success radius. This measures, on t
    is shown holds the episode as it happened except that the wait at READY is ``--shift`` frames longer
    (the clock reads later) or shorter (earlier). If the clock drives the stall, no-PTP's success falls
    with a later clock and rises with an earlier one; if it does not move, the clock is not the
-   mechanism. PTP, the same architecture and data with the past supervised, is the control.
-3. **Probes at the same windows.** Windows taken from no-PTP's own episodes (approaching, step 45, and
-   stalled, step 80, of its failures) are shown to both policies, with the same sampling noise (8 draws):
-   the first action's component toward the cued target (the expert's P-controller commands 10 x the
-   hand's offset from it, clipped to 1 per axis); how much it changes when only the current frame's hand
-   is moved 2 cm toward the target (the expert's: up to 10 x 0.02 = 0.2 less where it does not clip); and
-   how much it changes with the clock shifted
-   (``--shift`` later). A policy that reads where the hand is answers the first probe; one that reads
-   the clock answers the second.
+   mechanism. PTP, the same architecture and data with the past supervised, is the control. The yardstick
+   is a row with nothing changed but the sampling noise (another stream per episode): how many seeds a
+   policy this close to the success radius flips anyway. (A later clock also lets the cue's frames leave
+   the window sooner, from step 85 instead of 97, long after every episode has turned toward a target.)
+3. **Probes at the same windows.** Windows taken from no-PTP's own failures that ended short of the cued
+   target (approaching, step 45, and stalled, step 80) are shown to both policies with the same sampling
+   noise (8 draws): the first action's component toward the cued target, against the expert's
+   P-controller (10 x the offset of the hand body, the state's first three numbers, from the target,
+   clipped to 1 per axis; the tool centre that success measures sits a few cm from the hand body); how
+   much it changes when only the current frame's hand is moved 5 mm toward the target (the expert's: 0.05
+   less where it does not clip); and how much it changes with the clock ``--shift`` later. A policy that
+   reads where the hand is answers the second probe; one that reads the clock, the third.
 
 Both policies act exactly as ``robopolicy eval`` runs them (run_episodes, noise seeded by the episode
-seed), so the unshifted rows repeat the committed results cells seed for seed when the checkpoints
-are theirs (the artifact says whether they are, and how many seeds agree).
+seed), so the unshifted rows of policies retrained from the cells' recipes should repeat the committed
+cells seed for seed; the artifact counts the seeds that agree (the cells' checkpoint hashes cover a config
+file that has since gained a field, so they cannot be compared).
 """
 from __future__ import annotations
 
@@ -47,13 +51,13 @@ import numpy as np
 LEFT_READY = 0.02  # m from the hand's position at DECIDE - 1: the hand has left READY
 CELLS = {"no PTP": "cue-reach.noptp.s1", "PTP": "cue-reach.ptp.s1"}  # the results cells these policies repeat
 PROBE_STEPS = {"approaching": 45, "stalled": 80}  # steps of no-PTP's failed episodes probed
-PROBE_MOVE = 0.02  # m: the current frame's hand moved toward the target
+PROBE_MOVE = 0.005  # m: the current frame's hand moved toward the target (well short of it at the stall)
 NOISE_DRAWS = 8
 
 
 def shifted_history(history, shift: int, decide: int):
     """The episode with the wait at READY ``shift`` frames longer (frame decide-1 repeated) or shorter
-    (frames decide-|shift| .. decide-1 left out); actions move with their frames."""
+    (frames decide-|shift| .. decide-1 left out); the action taken at each kept frame stays with it."""
     obs, actions = history.obs, history.actions
     if shift >= 0:
         obs = obs[:decide] + [obs[decide - 1]] * shift + obs[decide:]
@@ -81,6 +85,25 @@ def window_with_clock_shift(shift: int, decide: int):
 def _left_ready(history, decide: int) -> bool:
     waited = history.obs[decide - 1]["state"][:3]
     return any(np.linalg.norm(o["state"][:3] - waited) > LEFT_READY for o in history.obs[decide:])
+
+
+class FreshNoise:
+    """The policy with each episode's sampling noise drawn from another stream (its seed + ``offset``): how
+    many seeds flip when nothing but the noise changes."""
+
+    def __init__(self, policy, offset: int = 10**6):
+        self.policy, self.offset, self._streams = policy, offset, {}
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def act(self, windows, generators, **kw):
+        import torch
+
+        # keyed by id, the episode's own generator kept alive beside its replacement so no id is reused
+        fresh = [self._streams.setdefault(id(g), (g, torch.Generator().manual_seed(g.initial_seed() + self.offset)))[1]
+                 for g in generators]
+        return self.policy.act(windows, generators=fresh, **kw)
 
 
 class Traced:
@@ -141,10 +164,7 @@ def policy_rows(policy, seeds, shift: int, decide: int, slots: int = 8):
 
 def history_at(policy, episode, t: int):
     """The kept episode as a History at step t (observations 0..t, actions 0..t-1)."""
-    from robopolicy.data.windows import History, WindowSpec
-
-    cfg = policy.cfg.data
-    history = History(WindowSpec(cfg.n_obs, cfg.horizon, cfg.stride), policy.action_dim)
+    history = policy.history()
     history.start(episode.observations[0])
     for i in range(t):
         history.record(episode.actions[i], episode.observations[i + 1])
@@ -169,7 +189,8 @@ def probes(policies: dict, episodes, targets: np.ndarray, shift: int, decide: in
     reference = next(iter(policies.values()))
     out = {}
     for phase, t in PROBE_STEPS.items():
-        cases = [(e, history_at(reference, e, t)) for e in episodes if not e.success and len(e.actions) > t]
+        cases = [(e, history_at(reference, e, t)) for e in episodes
+                 if not e.success and e.outcome["nearer"] == e.outcome["cue"] and len(e.actions) > t]
         if not cases:
             continue
         keys = reference.obs_keys
@@ -185,7 +206,7 @@ def probes(policies: dict, episodes, targets: np.ndarray, shift: int, decide: in
         later = window_with_clock_shift(shift, decide)
         shifted = [later(h, keys) for _, h in cases]
         distance = np.linalg.norm(goals - hands, axis=1)
-        row = {"windows": len(cases), "hand_to_target_median_m": float(np.median(distance)),
+        row = {"windows": len(cases), "hand_body_to_target_median_m": float(np.median(distance)),
                "expert_push": float(np.median(np.sum(np.clip(10 * (goals - hands), -1, 1) * u, axis=1))),
                "expert_change_when_hand_moved": float(np.median(np.sum(
                    (np.clip(10 * (goals - hands - PROBE_MOVE * u), -1, 1) - np.clip(10 * (goals - hands), -1, 1))
@@ -212,15 +233,16 @@ def summary(episodes, traces, radius: float) -> dict:
         "success_by_seed": {str(e.seed): bool(e.success) for e in episodes},
         "failed_final_distance_median_m": float(np.median([traces[e.seed][-1] for e in failed])) if failed else None,
         "failed_last20_step_median": float(np.median([step_size(e.actions) for e in failed])) if failed else None,
-        "first_step_within_10cm_median": _first_within(traces, 0.10),
-        "first_step_within_radius_median": _first_within(traces, radius),
+        "first_step_within_10cm": _first_within(traces, 0.10),
+        "first_step_within_radius": _first_within(traces, radius),
     }
 
 
-def _first_within(traces: dict[int, list[float]], d: float) -> float | None:
+def _first_within(traces: dict[int, list[float]], d: float) -> dict:
+    """The median first step within ``d`` over the episodes that got there, and how many did."""
     steps = [next((i for i, x in enumerate(t) if x < d), None) for t in traces.values()]
     reached = [s for s in steps if s is not None]
-    return float(np.median(reached)) if reached else None
+    return {"median": float(np.median(reached)) if reached else None, "episodes": len(reached)}
 
 
 def profile(traces: dict[int, list[float]], length: int) -> dict:
@@ -258,7 +280,7 @@ def main(argv: list[str]) -> None:
     from robopolicy import envs
     from robopolicy.envs.memory import CueReach
     from robopolicy.eval.stats import mcnemar_exact
-    from robopolicy.policy import Policy, checkpoint_hash
+    from robopolicy.policy import Policy, checkpoint_hash, weights_hash
 
     out, checkpoints = Path(argv[0]), {"no PTP": argv[1], "PTP": argv[2]}
     episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 50
@@ -271,8 +293,8 @@ def main(argv: list[str]) -> None:
     cells = Path(__file__).parent / "results" / "cells"
     experts = expert_traces(seeds)
     result = {"expert": {"successes": sum(t[-1] < radius for t in experts.values()), "trials": len(seeds),
-                         "first_step_within_10cm_median": _first_within(experts, 0.10),
-                         "first_step_within_radius_median": _first_within(experts, radius)},
+                         "first_step_within_10cm": _first_within(experts, 0.10),
+                         "first_step_within_radius": _first_within(experts, radius)},
               "policies": {}}
     profiles = {"expert": profile(experts, length)}
     policies = {name: Policy.load(checkpoint) for name, checkpoint in checkpoints.items()}
@@ -281,34 +303,36 @@ def main(argv: list[str]) -> None:
         policy = policies[name]
         cell = json.loads((cells / f"{CELLS[name]}.json").read_text())
         rows, base = {}, None
-        for s in (0, shift, -shift):
+        variants = {"as it happened": (policy, 0), "fresh noise": (FreshNoise(policy), 0),
+                    f"clock {shift:+d}": (policy, shift), f"clock {-shift:+d}": (policy, -shift)}
+        for label, (acting, s) in variants.items():
             t1 = time.time()
-            eps, traces = policy_rows(policy, seeds, s, decide)
+            eps, traces = policy_rows(acting, seeds, s, decide)
             row = summary(eps, traces, radius)
-            if s == 0:
+            if base is None:
                 kept[name], base = eps, row["success_by_seed"]
                 profiles[name] = profile(traces, length)
                 row["agrees_with_cell_seeds"] = sum(base[str(e["seed"])] == e["success"] for e in cell["episodes"]
                                                     if str(e["seed"]) in base)
+                note = f"agrees with {CELLS[name]} on {row['agrees_with_cell_seeds']} seeds"
             else:
                 gained = sum(row["success_by_seed"][k] and not base[k] for k in base)
                 lost = sum(base[k] and not row["success_by_seed"][k] for k in base)
-                row["vs_unshifted"] = {"gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact(gained, lost)}
+                row["vs_as_it_happened"] = {"gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact(gained, lost)}
+                note = f"+{gained} / -{lost}, p={row['vs_as_it_happened']['mcnemar_p']:.3g}"
             row["wall_s"] = round(time.time() - t1, 1)
-            rows[f"clock {s:+d}" if s else "as it happened"] = row
-            print(f"{name:7s} clock {s:+3d}: {row['successes']}/{row['trials']}"
-                  + (f"  (+{row['vs_unshifted']['gained']} / -{row['vs_unshifted']['lost']}, "
-                     f"p={row['vs_unshifted']['mcnemar_p']:.3g})" if s else
-                     f"  (agrees with {CELLS[name]} on {row['agrees_with_cell_seeds']} seeds)"), flush=True)
-        result["policies"][name] = {"checkpoint": checkpoint_hash(checkpoint),
-                                    "is_the_cells_checkpoint": checkpoint_hash(checkpoint) == cell["checkpoint"],
+            rows[label] = row
+            print(f"{name:7s} {label:15s}: {row['successes']}/{row['trials']}  ({note})", flush=True)
+        result["policies"][name] = {"checkpoint": checkpoint_hash(checkpoint), "weights": weights_hash(checkpoint),
                                     "cell": CELLS[name], "rows": rows}
     result["probes_at_no_ptp_failures"] = probes(policies, kept["no PTP"], CueReach.TARGETS, shift, decide)
     for phase, row in result["probes_at_no_ptp_failures"].items():
-        print(f"{phase}: {row['windows']} windows, {row['hand_to_target_median_m']:.3f} m to go, expert push "
-              f"{row['expert_push']:.2f} (hand moved {row['expert_change_when_hand_moved']:+.2f}); " + "; ".join(
-                  f"{n} push {p['push_median']:.2f}, hand moved {p['change_when_hand_moved_median']:+.2f}, "
-                  f"clock {p[f'change_with_clock_{shift:+d}_median']:+.2f}" for n, p in row["policies"].items()))
+        policies = "; ".join(f"{n} push {p['push_median']:.2f}, hand moved {p['change_when_hand_moved_median']:+.2f}, "
+                             f"clock {p[f'change_with_clock_{shift:+d}_median']:+.2f}"
+                             for n, p in row["policies"].items())
+        print(f"{phase}: {row['windows']} windows, hand body {row['hand_body_to_target_median_m']:.3f} m from the "
+              f"target, expert push {row['expert_push']:.2f} (hand moved {row['expert_change_when_hand_moved']:+.2f}); "
+              + policies)
     figure(profiles, radius, decide, out.with_suffix(".png"))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     artifact = {"command": "python benchmarks/noptp_stall.py " + " ".join(argv), "commit": commit,

@@ -105,7 +105,7 @@ class CueReach(MemoryTask):
 
     @staticmethod
     def failure_distance(outcome: dict) -> float:
-        """How far the hand ended from the target it went for (success: within 0.05 m)."""
+        """How far the tool centre ended from the target it went for (success: within 0.05 m)."""
         return outcome["distance"]
 
     def make_expert(self):

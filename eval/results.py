@@ -134,27 +134,30 @@ def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = 
     source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
     cfg = _train_cell(plan, source, progress)
     if cell.checkpoint_of is not None:
-        _same_policy_as_artifact(plan, source)
+        _same_policy_as_artifact(plan, source, plan.work / "runs" / source.name / "policy")
     return _evaluate_cell(plan, cell, plan.work / "runs" / source.name, cfg, workers, progress,
                           _store_path(plan, source))
 
 
-def _same_policy_as_artifact(plan: ResultsPlan, source: Cell) -> None:
+def _same_policy_as_artifact(plan: ResultsPlan, source: Cell, policy_dir: Path) -> None:
     """A cell that evaluates another cell's policy another way is compared with that cell seed for seed, so it
     must evaluate the very policy the other's artifact did; a retraining (a fresh clone, another machine or
-    torch build) need not reproduce it bit for bit."""
-    from robopolicy.policy import checkpoint_hash
+    torch build) need not reproduce it bit for bit. Compared by the weights' hash where the artifact has one
+    (older artifacts hash the config file too, which gains fields as the code grows)."""
+    from robopolicy.policy import checkpoint_hash, weights_hash
 
     artifact = plan.artifacts / f"{source.name}.json"
     if not artifact.exists():
         return
-    recorded = json.loads(artifact.read_text())["checkpoint"]
-    here = checkpoint_hash(plan.work / "runs" / source.name / "policy")
-    if here != recorded:
-        raise ConfigError(f"cell {source.name}: the policy trained here ({here}) is not the one its artifact "
-                          f"evaluated ({recorded}); training did not reproduce it, so a cell that evaluates it "
-                          "another way would be compared with a different policy. Remake both: delete "
-                          f"{_relative(artifact, plan.root)} and the cells that evaluate its policy, then run again")
+    recorded = json.loads(artifact.read_text())
+    kind, here = ("weights", weights_hash(policy_dir)) if "weights" in recorded else \
+        ("checkpoint", checkpoint_hash(policy_dir))
+    if here != recorded[kind]:
+        raise ConfigError(f"cell {source.name}: the policy here ({kind} {here}) is not the one its artifact "
+                          f"evaluated ({recorded[kind]}): training did not reproduce it (or, for a {kind} hash, "
+                          "its config file changed), so a cell that evaluates it another way would be compared "
+                          f"with another policy. Remake both: delete {_relative(artifact, plan.root)} and the "
+                          "artifacts of the cells that evaluate its policy, then run again")
 
 
 def _store_path(plan: ResultsPlan, cell: Cell) -> Path:
@@ -224,7 +227,7 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
                    store_path: Path) -> Path:
     from robopolicy.eval.runner import Plan, evaluate, read_records
     from robopolicy.eval.suite import task_suite
-    from robopolicy.policy import checkpoint_hash
+    from robopolicy.policy import checkpoint_hash, weights_hash
 
     eval_dir = plan.work / "evals" / cell.name
     source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
@@ -242,6 +245,7 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
         "cell": asdict(cell), "command": f"robopolicy results run --only {cell.name}",
         "commit": _git("rev-parse", "HEAD"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "versions": _versions(), "checkpoint": checkpoint_hash(run_dir / "policy"),
+        "weights": weights_hash(run_dir / "policy"),
         "config": _config_dict(cfg), "train_wall_s": wall and wall["s"],
         **({"train_wall_parts_s": wall} if wall and len(wall) > 1 else {}),
         "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),

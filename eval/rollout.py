@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from robopolicy.data.windows import History, Window, WindowSpec
+from robopolicy.data.windows import History, Window
 from robopolicy.serve.frames import FrameCache, attach_features, frame_cache
 
 
@@ -167,8 +167,6 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
     error propagates. ``retry_above``, ``refine_above``: the verifier's score acted on (``Policy.act``).
     ``window_of(history, obs_keys)``: what the policy is shown of an episode (default ``History.window``); an
     experiment that shows the policy an altered history passes its own (benchmarks/noptp_stall.py)."""
-    cfg = policy.cfg.data
-    spec = WindowSpec(cfg.n_obs, cfg.horizon, cfg.stride)
     queue = [int(s) for s in seeds][::-1]  # pop() takes the next seed
     tries: dict[int, int] = {}
     running: list[_Running | None] = [None] * len(slots)
@@ -224,7 +222,7 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
             if obs is None:
                 continue
             resetting[i] = None
-            history = History(spec, policy.action_dim)
+            history = policy.history()
             history.start(obs)
             running[i] = _Running(history, torch.Generator().manual_seed(seed), Episode(seed, False, 0, ""),
                                   frame_cache(policy))

@@ -22,7 +22,7 @@ from robopolicy.config import Config, load_config
 from robopolicy.data.embeddings import EMBEDDING_KEY
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
-from robopolicy.data.windows import Window
+from robopolicy.data.windows import History, Window, WindowSpec
 from robopolicy.errors import ConfigError
 from robopolicy.heads import Known
 from robopolicy.heads.diffusion import DiffusionHead
@@ -53,6 +53,11 @@ def checkpoint_hash(folder: str | Path) -> str:
         if (Path(folder) / name).is_file():
             h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()[:16]
+
+
+def weights_hash(folder: str | Path) -> str:
+    """The weights' sha256 alone: the same policy even where its config file gained a field since."""
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
@@ -133,6 +138,11 @@ class Policy(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
+    def history(self) -> History:
+        """An empty episode history with this policy's window geometry (the one it was trained with)."""
+        d = self.cfg.data
+        return History(WindowSpec(d.n_obs, d.horizon, d.stride), self.action_dim)
+
     def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
             act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1,
             inpaint_past: bool = False, refine_above: float | None = None, refine_steps: int = 4

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robopolicy.data.windows import History, WindowSpec
 from robopolicy.errors import ConfigError, RobopolicyError
 from robopolicy.policy import ACT_BATCH, Policy
 from robopolicy.serve import protocol, wire
@@ -74,8 +73,7 @@ class _OpenpiSession:
     """A client that sends bare observations (openpi's): its episode lives here, on the server."""
 
     def __init__(self, policy: Policy):
-        d = policy.cfg.data
-        self.policy, self.history = policy, History(WindowSpec(d.n_obs, d.horizon, d.stride), policy.action_dim)
+        self.policy, self.history = policy, policy.history()
         self.started, self.queue, self.last = False, [], None
         self.frames = frame_cache(policy)
         self.generator = torch.Generator().manual_seed(0)
