@@ -116,7 +116,8 @@ def failure_distances(task: str, episodes: Sequence[dict]) -> dict[str, float]:
     if kind is None or distance is None:
         return {}
     by_kind: dict[str, list[float]] = {}
-    for e in episodes:
-        if not e["success"] and "outcome" in e and distance(e["outcome"]) is not None:
-            by_kind.setdefault(kind(e["outcome"]), []).append(distance(e["outcome"]))
+    for e in (e for e in episodes if not e["success"] and "outcome" in e):
+        d = distance(e["outcome"])
+        if d is not None:
+            by_kind.setdefault(kind(e["outcome"]), []).append(d)
     return {k: float(np.median(d)) for k, d in by_kind.items()}

@@ -133,10 +133,10 @@ def make_cell(plan: ResultsPlan, cell: Cell, workers: int = 1, progress: bool = 
     and write its artifact."""
     source = cell if cell.checkpoint_of is None else next(c for c in plan.cells if c.name == cell.checkpoint_of)
     cfg = _train_cell(plan, source, progress)
+    run_dir = plan.work / "runs" / source.name
     if cell.checkpoint_of is not None:
-        _same_policy_as_artifact(plan, source, plan.work / "runs" / source.name / "policy")
-    return _evaluate_cell(plan, cell, plan.work / "runs" / source.name, cfg, workers, progress,
-                          _store_path(plan, source))
+        _same_policy_as_artifact(plan, source, run_dir / "policy")
+    return _evaluate_cell(plan, cell, run_dir, cfg, workers, progress, _store_path(plan, source))
 
 
 def _same_policy_as_artifact(plan: ResultsPlan, source: Cell, policy_dir: Path) -> None:

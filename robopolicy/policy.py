@@ -137,12 +137,12 @@ class Policy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
     def history(self) -> History:
         """An empty episode history with this policy's window geometry (the one it was trained with)."""
         d = self.cfg.data
         return History(WindowSpec(d.n_obs, d.horizon, d.stride), self.action_dim)
 
+    @torch.no_grad()
     def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
             act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1,
             inpaint_past: bool = False, refine_above: float | None = None, refine_steps: int = 4
