@@ -37,6 +37,9 @@ class LiftTask(gym.Env):
                         "gripper")  # OSC_POSE, each in [-1, 1] (scaled to 0.05 m / 0.5 rad); gripper 1 closes
     default_camera = "agentview"
     control_hz = 20.0  # robomimic's Lift; a spec's control_freq overrides it
+    # per tick, the most a command may move the arm (the shield's step limit): OSC_POSE scales one unit to 0.05 m
+    # (1 m/s at 20 Hz) or 0.5 rad, at most one unit; the gripper may swing from open to closed in one tick
+    max_step = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
 
     def __init__(self, obs: str = "state", image_size: int = 84, cameras: tuple[str, ...] | None = None,
                  env_args: dict | None = None, render_mode: str | None = "rgb_array", robomimic_keys: bool = False):

@@ -33,6 +33,10 @@ class SawyerTask(gym.Env):
     action_semantics: tuple[str, ...] = ("ee_delta_x", "ee_delta_y", "ee_delta_z", "gripper")  # each in [-1, 1]
     default_camera: str = "corner2"
     control_hz: float = 80.0  # Meta-World: frame_skip 5 x 2.5 ms
+    # per tick, the most a command may move the arm (the shield's step limit, from the action scale): Meta-World's
+    # mocap moves the hand 1 cm per unit of delta per tick, at most one unit (0.8 m/s at 80 Hz, what the experts
+    # command when far from their goal); the gripper's effort may swing from closed to open in one tick
+    max_step: tuple[float, ...] = (1.0, 1.0, 1.0, 2.0)
 
     def __init__(self, obs: str = "state", image_size: int = 96, cameras: tuple[str, ...] | None = None,
                  render_mode: str | None = "rgb_array"):

@@ -122,3 +122,25 @@ def test_an_evaluation_rollout_encodes_each_frame_once(tmp_path):
     chunks = len(episode.latency_ms)
     assert chunks >= 10 and len(encoded) == chunks  # one encoder call per chunk, for the new frames only
     assert 0 < sum(encoded) <= episode.length + 1 < 16 * chunks
+
+
+def test_a_frame_is_its_whole_observation_images_and_state_alike(tmp_path):
+    """The digest covers every observation key: a window whose picture repeats while the state moves (an arm
+    moving out of the camera's view, a camera frame grabbed twice) gets fresh features, and so does one whose
+    state repeats while the picture changes. Features keyed by the image alone would serve the stale state."""
+    policy, store = _image_policy(tmp_path)
+    rng = np.random.default_rng(1)
+    image = store.read("cam_image", 0, 1)[0]
+    state = store.read("state", 0, 1)[0]
+    To = policy.cfg.data.n_obs
+
+    def window(images, states):
+        return Window({"cam_image": np.stack(images), "state": np.stack(states).astype(np.float32)}, t=To - 1)
+    moving_state = window([image] * To, [state + 0.5 * i for i in range(To)])
+    moving_image = window([rng.integers(0, 255, image.shape, dtype=np.uint8) for _ in range(To)], [state] * To)
+    for w in (moving_state, moving_image):
+        cache = FrameCache(16)
+        assert attach_features(policy, [w], [cache]) == To  # every frame is new: all are encoded
+        fresh = policy.frame_features(dict(w.obs))
+        assert torch.equal(w.features, fresh)
+        assert len({tuple(f.tolist()) for f in w.features}) == To  # and their features differ frame to frame

@@ -199,7 +199,9 @@ def test_the_loop_with_rtc_gets_chunks_that_start_with_the_queue_it_keeps(reach_
     class Spy(LocalLink):
         def _call(self, request):
             reply = LocalLink._call(self, request)
-            seen.append((request, reply))
+            # what replan would have got for the same request (the same noise), nothing committed
+            plain = LocalLink._call(self, {**request, "committed": 0}) if request.get("committed") else None
+            seen.append((request, reply, plain))
             return reply
     link = Spy(policy)
     try:
@@ -209,14 +211,21 @@ def test_the_loop_with_rtc_gets_chunks_that_start_with_the_queue_it_keeps(reach_
                      lockstep=True, progress=False)
     finally:
         link.close()
-    committed = [(req, rep) for req, rep in seen if req.get("committed")]
-    assert len(committed) >= 6 and all(req["committed"] == 2 for req, _ in committed)
-    for req, rep in committed:
+    committed = [(req, rep, plain) for req, rep, plain in seen if req.get("committed")]
+    assert len(committed) >= 6 and all(req["committed"] == 2 for req, _, _ in committed)
+    for req, rep, _ in committed:
         assert np.array_equal(rep["plan"][:2], req["queued"][:2])
+    # the chunks were generated from the committed actions, not pasted onto a plain chunk: the free actions
+    # differ from replan's for the same request, and the seam (first free action vs last committed) is smaller
+    assert all(np.abs(rep["plan"][2:] - plain["plan"][2:]).max() > 1e-4 for _, rep, plain in committed)
+    seam = np.mean([np.abs(rep["plan"][2] - req["queued"][1]).max() for req, rep, _ in committed])
+    seam_replan = np.mean([np.abs(plain["plan"][2] - req["queued"][1]).max() for req, _, plain in committed])
+    print(f"through the loop: seam jump rtc {seam:.3f}, replan {seam_replan:.3f} (mean over {len(committed)} chunks)")
+    assert seam < seam_replan, (seam, seam_replan)
     ep = result.episodes[0]
     assert ep.dropped == 0 and ep.starved == 0 and ep.ended == "done"
     # what the arm executed at the committed steps is the old queue itself
-    for req, _ in committed:
+    for req, _, _ in committed:
         if req["t"] + 2 <= ep.length:
             np.testing.assert_allclose(ep.actions[req["t"]: req["t"] + 2], req["queued"][:2], atol=1e-6)
 
@@ -242,3 +251,105 @@ def test_inpainting_the_executed_past_is_an_experiment_the_policy_runs_on_reques
     from robopolicy.eval.runner import comparable
     assert comparable({"k": 1}, {"k": 1, "inpaint_past": False}) == []  # runs recorded before the field resume
     assert comparable({"k": 1}, {"k": 1, "inpaint_past": True}) == ["inpaint_past"]
+
+
+# ---------------------------------------------------------------- real-time chunking through the policy
+POLICY_OVERRIDES = {
+    "diffusion": ["policy.diffusion.down_dims=[16,32]", "policy.diffusion.step_embed_dim=16",
+                  "policy.diffusion.n_groups=4"],
+    "ptp": ["policy.ptp.n_layer=1", "policy.ptp.n_emb=32"],
+    "ebt": ["policy.ebt.n_layer=1", "policy.ebt.obs_layers=1", "policy.ebt.n_emb=32"],
+}
+
+
+def _policy(head: str, *extra: str):
+    """A small policy of ``head`` at To=2, H=8 on 5-d states and 2-d actions, its normalizer the identity
+    on [-1, 1] (so the bimodal chunks below are its targets as they are)."""
+    from robopolicy.config import load_config
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.data.store import Field
+    from robopolicy.policy import Policy
+
+    cfg = load_config(head, [*POLICY_OVERRIDES[head], "data.n_obs=2", f"data.horizon={H}", "data.stride=1",
+                             "data.n_action_steps=4", "data.obs_keys=[state]", *extra])
+    schema = {"state": Field((5,), np.dtype("float32")), "action": Field((DA,), np.dtype("float32"))}
+    span = {"state": np.array([[-1.0] * 5, [1.0] * 5], np.float32), "action": np.array([[-1.0] * DA, [1.0] * DA],
+                                                                                        np.float32)}
+    torch.manual_seed(0)
+    return Policy(cfg, schema, Normalizer.fit(span, {"state": "minmax", "action": "minmax"})).eval()
+
+
+def _rtc_window(queued: np.ndarray, committed: int):
+    from robopolicy.data.windows import Window
+
+    return Window({"state": np.zeros((2, 5), np.float32)}, t=1, queued=queued, committed=committed)
+
+
+@pytest.mark.parametrize("head", ["diffusion", "ptp", "ebt"])
+def test_the_policy_hands_the_committed_actions_to_the_head_and_the_server_does_too(head):
+    """Pasting the committed actions onto a chunk sampled without them would return them exactly too; what
+    rules it out: with the same noise, other committed values give other free actions, through Policy.act and
+    through a real server on loopback (which must return what Policy.act returns)."""
+    from conftest import InProcessServer
+    from robopolicy.serve import protocol
+    from robopolicy.serve.client import PolicyClient
+
+    policy = _policy(head)
+    rng = np.random.default_rng(0)
+    queues = [rng.uniform(-0.8, 0.8, (H - 1, DA)).astype(np.float32) for _ in range(2)]
+
+    def act(queued, committed):
+        return policy.act([_rtc_window(queued, committed)], generators=[protocol.generator(None, 5)])[0].plan
+    a, b = act(queues[0], 2), act(queues[1], 2)
+    assert np.array_equal(a[:2], queues[0][:2]) and np.array_equal(b[:2], queues[1][:2])
+    assert np.abs(a[2:] - b[2:]).max() > 1e-3, "the free actions ignore the committed ones"
+    free = act(queues[0], 0)  # the same queue, nothing committed: a plain chunk
+    assert np.abs(a[2:] - free[2:]).max() > 1e-3
+    with InProcessServer(policy) as server:
+        client = PolicyClient(server.url)
+        try:
+            served = [client.request(protocol.act_request(_rtc_window(q, 2), i, seed=5))["plan"]
+                      for i, q in enumerate(queues)]
+        finally:
+            client.close()
+    assert np.array_equal(served[0], a.astype(np.float32)) and np.array_equal(served[1], b.astype(np.float32))
+
+
+def _train_bimodal(policy, steps: int, batch: int):
+    """Demonstrations that are one of two modes (+ramp, -ramp) under one observation; returns the policy."""
+    policy.train()
+    optim = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    obs = {"state": torch.zeros(batch, 2, 5)}
+    for _ in range(steps):
+        loss = policy.loss({"obs": obs, "action": _bimodal(batch)})
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optim.step()
+    return policy.eval()
+
+
+@pytest.mark.parametrize("head, steps, extra", [
+    ("diffusion", 250, ()), ("ptp", 300, ()),
+    # EBT's second-order training costs ~0.3 s a step here: shorter unrolls, more warm starts, in the slow suite
+    pytest.param("ebt", 300, ("policy.ebt.train_steps=2", "policy.ebt.train_steps_extra=0",
+                              "policy.ebt.warm_start_frac=0.5"), marks=pytest.mark.slow)])
+def test_the_first_free_action_continues_from_the_last_committed_one(head, steps, extra):
+    """A trained policy whose demonstrations go one of two ways from the same observation. The queue the arm
+    is executing follows the positive mode and its first two actions are committed. The action after them
+    (the seam) is measured against the last committed one: with real-time chunking the new chunk continues
+    the mode, with replan (the same request, nothing committed) it jumps to the other mode about half the
+    time. Pasting the committed actions onto a plain chunk would jump like replan."""
+    torch.manual_seed(0)
+    policy = _train_bimodal(_policy(head, *extra), steps, batch=32)
+    queued = _bimodal(1).abs()[0, 1:].numpy()  # tokens To-1.. of the positive mode
+
+    def jumps(committed):
+        chunks = policy.act([_rtc_window(queued, committed)] * 32,
+                            generators=[torch.Generator().manual_seed(s) for s in range(32)])
+        return np.array([np.abs(c.plan[2] - queued[1]).max() for c in chunks])
+    rtc, replan = jumps(2), jumps(0)
+    print(f"{head}: seam jump (32 seeds) rtc mean {rtc.mean():.3f}, {(rtc > 0.5).mean():.0%} over 0.5; replan mean "
+          f"{replan.mean():.3f}, {(replan > 0.5).mean():.0%} over 0.5")
+    assert 0.15 < (replan > 0.5).mean() < 0.85, f"the trained {head} policy should be bimodal: {replan}"
+    assert rtc.mean() < 0.5 * replan.mean() and (rtc > 0.5).mean() <= 0.5 * (replan > 0.5).mean(), (rtc, replan)

@@ -5,7 +5,9 @@ The reach policy of conftest serves every test. The claims tested: the loop thro
 exactly what `robopolicy eval` executes (lockstep clock, zero latency); the token is checked before a
 message is decoded; /healthz answers while a slow chunk is computed; requests that arrive together share
 one batch and each row equals its in-process answer bit for bit; bad messages get error replies and the
-server stays up; SIGTERM drains; a server killed mid-run leaves the arm holding, then stopped.
+server stays up; SIGTERM drains; a server killed mid-run leaves the arm holding, then stopped. `run` checks
+the policy against the robot and its speed against the control rate before the first tick, applies the arm's
+per-tick step (or --max-step), and counts stale and starved ticks as misses.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from robopolicy.data.windows import History, WindowSpec
 from robopolicy.serve import protocol, wire
 
@@ -241,6 +243,108 @@ def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_al
     assert np.array_equal(reply["actions"], alone.actions)
 
 
+# ---------------------------------------------------------------------- run: checks and limits
+def test_run_applies_the_arms_per_tick_step_and_max_step_overrides_it(server, policy, tmp_path):
+    """The sim arm's step is its task's (Meta-World: one unit per axis, two for the gripper); `--max-step`
+    overrides it, every executed command respects it, and the report counts the clamped commands."""
+    from robopolicy import envs
+    from robopolicy.serve.client import LocalLink
+    from robopolicy.serve.clock import LockstepClock
+    from robopolicy.serve.loop import LoopConfig
+    from robopolicy.serve.run import make_arm, run
+
+    link = LocalLink(policy)
+    arm = make_arm("sim:reach", LockstepClock(), link.metadata, 0.5)
+    assert arm.max_step.tolist() == list(envs.get("reach").factory.max_step) == [1.0, 1.0, 1.0, 2.0]
+    arm.close()
+    seeds = list(envs.eval_seeds(1))
+    result = run(link, "sim:reach", seeds, LoopConfig(), lockstep=True, progress=False, max_step=0.02)
+    ep = result.episodes[0]
+    steps = np.abs(np.diff(ep.actions[:, 3]))
+    assert np.abs(ep.actions[:, :3]).max() <= 0.02 + 1e-6 and steps.max() <= 0.02 + 1e-6
+    assert ep.shield["clamped"] > ep.length // 2  # the policy commands more than 0.02 most of the time
+    # through the command line, against the real server: the flag reaches the shield, the report counts
+    r = run_cli("run", "--server", server.url, "--robot", "sim:reach", "--lockstep", "--episodes", "1",
+                "--max-step", "0.02,0.02,0.02,0.5", "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["max_step"] == pytest.approx([0.02, 0.02, 0.02, 0.5]) and meta["summary"]["shield"]["clamped"] > 0
+    assert "commands clamped" in r.stdout and "clamped commands" in (tmp_path / "run" / "report.md").read_text()
+    r = run_cli("run", "--server", server.url, "--robot", "sim:reach", "--lockstep", "--max-step", "0.1,0.1")
+    assert r.returncode == 2 and "max_step has 2 values" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stale_and_starved_ticks_count_as_misses(policy):
+    """Lockstep, each reply 20 ticks after its request while a chunk plans 15 actions ahead: the queue runs
+    dry 5 ticks per chunk, the arm holds, and every such tick is a miss though no tick woke late."""
+    from robopolicy import envs
+    from robopolicy.serve.client import LocalLink
+    from robopolicy.serve.loop import LoopConfig
+    from robopolicy.serve.run import run, summary
+
+    link = LocalLink(policy)
+    period = 1 / link.metadata["control_hz"]
+    result = run(link, "sim:reach", list(envs.eval_seeds(1)), LoopConfig(inject_latency_s=20 * period),
+                 lockstep=True, progress=False)
+    ep = result.episodes[0]
+    s = summary(result.episodes, period * 1000)
+    assert ep.late == 0 and ep.starved > 0 and ep.misses == ep.starved
+    assert s["misses"] == ep.starved and s["miss_rate"] == pytest.approx(ep.starved / s["ticks"])
+
+
+def test_run_checks_the_policy_against_the_robot_before_the_first_tick(server, policy, tmp_path):
+    """A reach policy on sim:cue-reach (as eval refuses it), or a policy whose observations the arm does not
+    give: one line, exit 2, before any report file; not a failure after the progress bar."""
+    from robopolicy.config import load_config
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.data.store import Field
+    from robopolicy.errors import ConfigError
+    from robopolicy.policy import Policy
+    from robopolicy.serve.client import LocalLink
+    from robopolicy.serve.loop import LoopConfig
+    from robopolicy.serve.run import run
+
+    r = run_cli("run", "--server", server.url, "--robot", "sim:cue-reach", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "trained on 'reach'" in r.stderr and "--robot sim:reach" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    # a policy with no task on its card (an imported store): the observations are checked instead
+    schema = {"state": Field((5,), np.dtype("float32")), "action": Field((4,), np.dtype("float32"))}
+    span = {"state": np.ones((2, 5), np.float32) * [[-1], [1]], "action": np.ones((2, 4), np.float32) * [[-1], [1]]}
+    other = Policy(load_config("diffusion", ["policy.diffusion.down_dims=[16,32]"]), schema,
+                   Normalizer.fit(span, {"state": "minmax", "action": "minmax"})).eval()
+    other.task = {"task": None, "control_hz": 80.0, "action_semantics": None, "env_spec": None}
+    with pytest.raises(ConfigError, match=r"'state': the policy reads \(5,\), the arm gives \(39,\)"):
+        run(LocalLink(other), "sim:reach", [0], LoopConfig(), lockstep=True, out=tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()
+
+
+def test_run_refuses_a_policy_too_slow_for_the_control_rate(reach_run, tmp_path):
+    """The README's serve/run example with a policy slower than its chunk (here the shipped `diffusion` config
+    at 30 DDIM steps, untrained: speed does not depend on training): the warm-up measures the round trip and
+    the loop refuses to start, naming the figures and the fixes, instead of every reply arriving stale and
+    the TTL stopping the arm while the report says 0 misses."""
+    from robopolicy.config import load_config
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.data.store import DemoStore
+    from robopolicy.policy import Policy
+
+    store = DemoStore.open(reach_run.parent / "reach.zarr")
+    slow = Policy(load_config("diffusion", ["policy.diffusion.inference_steps=30"]), store.schema,
+                  Normalizer.fit(store.load(["state", "action"]), {"state": "minmax", "action": "minmax"})).eval()
+    slow.task = Policy.load(reach_run / "policy").task
+    slow.save(tmp_path / "slow")
+    s = Server(tmp_path / "slow")
+    try:
+        r = run_cli("run", "--server", s.url, "--robot", "sim:reach", "--out", str(tmp_path / "run"))
+    finally:
+        s.stop()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "cannot keep up" in line and "round trip" in line and "--act-batch 1" in line and "--lockstep" in line
+    assert not (tmp_path / "run" / "episodes.jsonl").exists()
+    print(line)
+
+
 def test_act_batch_1_serves_each_row_alone_and_says_so(policy, monkeypatch):
     """`serve --act-batch 1`: every network call is one row (the lowest latency for one robot), each reply
     exactly Policy.act at act_batch=1; the metadata names the setting."""
@@ -349,7 +453,7 @@ def test_a_server_killed_mid_run_leaves_the_arm_holding_then_stopped(reach_run, 
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while s.health()["served"] < 6:  # warm-up and the first chunks are through
+    while s.health()["served"] < 10:  # warm-up (7 requests) and the first chunks are through
         assert run.poll() is None and time.time() < deadline, run.communicate()
         time.sleep(0.01)
     s.proc.kill()

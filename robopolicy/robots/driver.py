@@ -29,6 +29,9 @@ class ArmDriver(Protocol):
     action_low: np.ndarray  # per dimension, the command bounds
     action_high: np.ndarray
     workspace: tuple[np.ndarray, np.ndarray] | None  # end-effector box (low, high), where one applies
+    max_step: np.ndarray  # per dimension, the most one tick's command may move it (deltas: the step itself;
+    # absolute dimensions, the gripper: the change from the last command); the shield enforces it
+    observation_shapes: dict[str, tuple[int, ...]]  # what read_state().obs holds, checked against a policy's
 
     def start_episode(self, seed: int | None = None) -> ArmState:
         """Begin an episode (a sim resets to the seed's initial condition; a real arm is where it is)."""

@@ -1,7 +1,8 @@
 """The safety shield: every command to every arm passes here, the simulated arm's too (so CI tests it).
 
 - NaN or inf in a command: refused, the arm holds, the fault is counted.
-- Each dimension clamped to the driver's bounds and to a per-tick step (``max_step``).
+- Each dimension clamped to the driver's bounds and to a per-tick step (``max_step``: the driver's own, which it
+  declares from its action scale or calibration, unless one is given).
 - End-effector deltas that would leave the workspace box are zeroed on the axis that would leave it.
 - A policy command's time-to-live: once the last one expired (the server is gone and the queue ran out),
   the arm is stopped within one tick, and the stop is latched.
@@ -33,8 +34,17 @@ class SafetyShield:
         self.driver, self.clock, self.ttl_ns = driver, clock, int(ttl_ns)
         n = len(driver.action_semantics)
         self.low, self.high = np.asarray(driver.action_low, np.float32), np.asarray(driver.action_high, np.float32)
-        self.max_step = np.full(n, np.inf, np.float32) if max_step is None else \
-            np.broadcast_to(np.asarray(max_step, np.float32), (n,)).copy()
+        if max_step is None:
+            max_step = getattr(driver, "max_step", None)
+            if max_step is None:
+                raise ValueError("the driver declares no per-tick step (max_step): pass one")
+        max_step = np.asarray(max_step, np.float32)
+        if max_step.size not in (1, n):
+            raise ValueError(f"max_step has {max_step.size} values; give one, or one per action dimension ({n}: "
+                             f"{', '.join(driver.action_semantics)})")
+        self.max_step = np.broadcast_to(max_step.reshape(-1)[0] if max_step.size == 1 else max_step, (n,)).copy()
+        if not (self.max_step > 0).all():
+            raise ValueError(f"max_step must be positive, got {self.max_step.tolist()}")
         self.workspace = workspace if workspace is not None else getattr(driver, "workspace", None)
         self._delta_axes = [i for i, s in enumerate(driver.action_semantics) if s in ("ee_delta_x", "ee_delta_y",
                                                                                         "ee_delta_z")]

@@ -24,6 +24,8 @@ class SimArm:
         self.action_semantics = tuple(self.env.action_semantics)
         self.action_low = np.asarray(self.env.action_space.low, np.float32)
         self.action_high = np.asarray(self.env.action_space.high, np.float32)
+        self.max_step = np.asarray(self.env.max_step, np.float32)  # the task's, from its action scale
+        self.observation_shapes = {k: tuple(space.shape) for k, space in self.env.observation_space.spaces.items()}
         sim = getattr(self.env, "sim", None)
         low, high = getattr(sim, "mocap_low", None), getattr(sim, "mocap_high", None)
         self.workspace = None if low is None else (np.asarray(low, np.float64), np.asarray(high, np.float64))

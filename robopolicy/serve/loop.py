@@ -40,6 +40,7 @@ class LoopConfig:
     inject_latency_s: float = 0.0  # added to every round trip (the latency x strategy table)
     max_misses: int = 5  # consecutive late ticks before the arm holds (twice as many: it stops)
     warmup: int = 2  # requests before the first episode whose latency is not counted
+    probes: int = 5  # then timed requests: the loop refuses to start when their median outlasts a chunk
     reply_timeout_s: float = 10.0
     latency_window: int = 20  # round trips the delay estimate looks at (their maximum)
 
@@ -51,8 +52,9 @@ class RunEpisode:
     length: int = 0
     actions_hash: str = ""
     ended: str = ""  # "done" (the task's end), "stop:<reason>" (the shield stopped the arm), "lost"
-    misses: int = 0  # ticks more than half a period late
-    starved: int = 0  # ticks with no action due: the arm held
+    misses: int = 0  # ticks that did not command a fresh action on time: late, starved or both
+    late: int = 0  # ticks more than half a period late
+    starved: int = 0  # ticks with no action due (none yet, or the reply came stale): the arm held
     dropped: int = 0  # actions that arrived after they were due
     late_replies: int = 0  # replies to a request that had been superseded
     lateness_ms: list[float] = field(default_factory=list)  # per tick: wake-up time - deadline
@@ -92,6 +94,18 @@ class ControlLoop:
         if meta.get("action_semantics") and list(meta["action_semantics"]) != list(arm.action_semantics):
             raise ConfigError(f"the policy commands {meta['action_semantics']}, the arm takes "
                               f"{list(arm.action_semantics)}")
+        shapes = getattr(arm.driver, "observation_shapes", None)
+        if shapes is not None:
+            problems = [f"{k!r}: the policy reads {tuple(v)}, the arm gives "
+                        f"{tuple(shapes[k]) if k in shapes else 'nothing'}"
+                        for k, v in (meta.get("obs_shapes") or {}).items() if tuple(shapes.get(k, ())) != tuple(v)]
+            if problems:
+                raise ConfigError("the policy does not fit the arm's observations (" + "; ".join(problems) +
+                                  f"; the arm gives {sorted(shapes)}): serve a policy trained on this robot's "
+                                  "observations")
+        if meta.get("action_dim") != len(arm.action_semantics):
+            raise ConfigError(f"the policy commands {meta.get('action_dim')}-d actions, the arm takes "
+                              f"{len(arm.action_semantics)}")
         self.period_ns = int(round(1e9 / hz))
         self.spec = WindowSpec(meta["n_obs"], meta["horizon"], meta["stride"])
         self.obs_keys, self.action_dim = list(meta["obs_keys"]), meta["action_dim"]
@@ -123,21 +137,52 @@ class ControlLoop:
             raise ConfigError(f"the server refused the request: {reply['message']}")
         return reply
 
+    def warm_up(self, history: History | None = None, times: list[int] | None = None, rng=None) -> list[float]:
+        """Requests before the first episode (on the wall clock): ``warmup`` whose latency is noise (caches,
+        allocators), then ``probes`` timed ones; refuses to start (ConfigError naming the figures and the
+        fixes) when the median round trip is longer than the chunk the arm executes meanwhile, since every
+        chunk would then arrive stale and the arm would hold until its TTL stopped it. Returns the round
+        trips (ms)."""
+        cfg, clock = self.cfg, self.clock
+        if history is None:
+            state = self.arm.start_episode(None)
+            history, times = History(self.spec, self.action_dim), [state.t_ns]
+            history.start(state.obs)
+        if rng is None:
+            rng = torch.Generator().manual_seed(0).get_state().numpy()
+        trips = []
+        for i in range(cfg.warmup + cfg.probes):
+            sent = clock.now_ns()
+            self.link.submit(self._request(history, times, rng))
+            if self._wait(self._rid) is None:
+                return trips  # the server is gone: the episode will say so
+            if i >= cfg.warmup:
+                trips.append((clock.now_ns() - sent) / 1e6 + cfg.inject_latency_s * 1000)
+        self._warm = True
+        span = self.scheduler.n_action_steps * self.period_ns / 1e6
+        if trips and float(np.median(trips)) > span:
+            hz = 1e9 / self.period_ns
+            raise ConfigError(
+                f"the policy cannot keep up with the arm: its round trip is {np.median(trips):.0f} ms (median of "
+                f"{len(trips)} warm-up requests, max {max(trips):.0f} ms) and the chunk it answers lasts {span:.0f} ms "
+                f"({self.scheduler.n_action_steps} actions at {hz:g} Hz), so every chunk would arrive stale and the "
+                "TTL would stop the arm. Fixes: serve a faster config (e.g. `ebt`), `robopolicy serve --act-batch 1`, "
+                "`--strategy rtc`, a policy trained at a lower control rate, or `--lockstep` (simulated time)")
+        return trips
+
     # ------------------------------------------------------------------ one episode
     def run_episode(self, seed: int | None, max_steps: int | None = None) -> RunEpisode:
         cfg, arm, clock, P = self.cfg, self.arm, self.clock, self.period_ns
         ep = RunEpisode(seed)
+        self._events0 = self._shield_counts()
         history = History(self.spec, self.action_dim)
         self.scheduler.reset()
         rng = torch.Generator().manual_seed(0 if seed is None else int(seed)).get_state().numpy()
         state = arm.start_episode(seed)
         history.start(state.obs)
         times = [state.t_ns]
-        if not self._warm and not clock.lockstep:  # warm-up calls: caches, allocators; their latency is noise
-            for _ in range(cfg.warmup):
-                self.link.submit(self._request(history, times, rng))
-                self._wait(self._rid)
-            self._warm = True
+        if not self._warm and not clock.lockstep:
+            self.warm_up(history, times, rng)
         # the first chunk is waited for: the arm stands still at its start until it arrives
         first = self._request(history, times, rng)
         sent = clock.now_ns()
@@ -163,7 +208,7 @@ class ControlLoop:
                 lateness = clock.now_ns() - deadline
                 ep.lateness_ms.append(lateness / 1e6)
                 late = lateness > P // 2
-                ep.misses += late
+                ep.late += late
                 late_run = late_run + 1 if late else 0
             state = arm.read_state()
             if step > 0:
@@ -218,6 +263,7 @@ class ControlLoop:
                         rng = self._take(ep, reply, history, step, self.delay())
                     pending = None
             action = self.scheduler.action(step)
+            ep.misses += bool((step > 0 and late) or action is None)
             if late_run >= 2 * cfg.max_misses:
                 arm.estop("missed deadlines")
                 step += 1
@@ -256,11 +302,14 @@ class ControlLoop:
 
         return hold_action(tuple(self.arm.action_semantics), history.actions[-1] if history.actions else None)
 
+    def _shield_counts(self) -> dict[str, int]:
+        ev = self.arm.events
+        return {"rejected": ev.rejected, "clamped": ev.clamped, "workspace": ev.workspace, "holds": ev.holds}
+
     def _finish(self, ep: RunEpisode, history: History) -> RunEpisode:
         ep.dropped = self.scheduler.dropped
         executed = np.stack(history.actions) if history.actions else np.zeros((0, self.action_dim), np.float32)
         ep.length, ep.actions = len(executed), executed
         ep.actions_hash = hashlib.sha256(np.ascontiguousarray(executed, np.float32).tobytes()).hexdigest()[:16]
-        ev = self.arm.events
-        ep.shield = {"rejected": ev.rejected, "clamped": ev.clamped, "workspace": ev.workspace, "holds": ev.holds}
+        ep.shield = {k: v - self._events0[k] for k, v in self._shield_counts().items()}  # this episode's
         return ep
