@@ -3,12 +3,16 @@
 A plan (``benchmarks/results.yaml``) lists cells: a task, a shipped config with overrides, how many expert
 demos, a training seed, how many evaluation episodes (and K). ``run`` makes every cell that has no
 artifact yet: it collects the demos, trains, evaluates, and writes ``<artifacts>/<cell>.json`` with the
-per-episode records, the checkpoint hash, the config, the command, the commit, package versions, the
-machine and the training and evaluation wall-clock. Each step resumes (the store continues, training
-resumes from its last checkpoint, evaluation from its records), so an interrupted run, or one spread
-over sessions, picks up where it stopped; the work folder is git-ignored, the artifacts are committed.
-``table`` writes the README's results section from the artifacts alone, between two markers;
-``check`` (in CI) fails when the README and the artifacts disagree. No figure is typed by hand.
+per-episode records, the policy's weights hash, the config, the command, the commit and whether the tree
+was clean, package versions, the machine and the training and evaluation wall-clock. Each step resumes (the
+store continues, training resumes from its last checkpoint, evaluation from its records), so an interrupted
+run, or one spread over sessions, picks up where it stopped; the work folder is git-ignored, the artifacts
+are committed.
+``table`` writes the README's results section from the artifacts alone, between two markers: the tables,
+then the plan's ``prose:`` with each figure a placeholder filled from the artifacts (eval/results_prose.py);
+``check`` (in CI) fails when the README and the artifacts disagree. No figure is typed by hand. Both recount
+every figure from the per-episode records and refuse an artifact whose summary disagrees with them, or that
+does not name its commit.
 """
 from __future__ import annotations
 
@@ -23,9 +27,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from robopolicy.errors import ConfigError
+from robopolicy.errors import ConfigError, RobopolicyError
 
 BEGIN, END = "<!-- results:begin (robopolicy results table) -->", "<!-- results:end -->"
+
+
+class ArtifactError(RobopolicyError):
+    """An artifact the table cannot stand on: its summary disagrees with its episode records, it names no
+    commit, or it was made for another definition of its cell."""
 
 
 @dataclass
@@ -60,6 +69,8 @@ class ResultsPlan:
     compare: list[tuple[str, str]] = field(default_factory=list)  # cell pairs tested on the same seeds
     # others' figures, quoted under a table with their source (never ours: no artifact stands behind them)
     published: list[dict] = field(default_factory=list)  # {group, figure, source}
+    prose: str = ""  # markdown after the tables; figures only as {{placeholders}} (eval/results_prose.py)
+    studies: dict[str, Path] = field(default_factory=dict)  # name -> other artifacts the prose quotes
 
 
 def load_plan(path: str | Path) -> ResultsPlan:
@@ -69,10 +80,10 @@ def load_plan(path: str | Path) -> ResultsPlan:
     if not path.is_file():
         raise ConfigError(f"results plan {path}: no such file (the shipped one is benchmarks/results.yaml)")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    unknown = set(raw) - {"work", "artifacts", "cells", "compare", "published"}
+    unknown = set(raw) - {"work", "artifacts", "cells", "compare", "published", "prose", "studies"}
     if unknown:
         raise ConfigError(f"results plan {path}: unknown keys {sorted(unknown)} "
-                          "(work, artifacts, cells, compare, published)")
+                          "(work, artifacts, cells, compare, published, prose, studies)")
     cells, names = [], set()
     for i, c in enumerate(raw.get("cells") or []):
         try:
@@ -102,9 +113,17 @@ def load_plan(path: str | Path) -> ResultsPlan:
     if bad:
         raise ConfigError(f"results plan {path}: published entries need group (one of the tables: "
                           f"{sorted(groups)}), figure and source; got {bad}")
+    from robopolicy.eval.results_prose import KINDS
+
+    studies = raw.get("studies") or {}
+    bad = [n for n in studies if n in KINDS or not str(n).isidentifier()]
+    if bad:
+        raise ConfigError(f"results plan {path}: study names must be identifiers other than {sorted(KINDS)}, "
+                          f"got {bad}")
     root = path.parent.parent if path.parent.name == "benchmarks" else path.parent
     return ResultsPlan(cells, root / raw.get("work", "runs/results"),
-                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root, compare, published)
+                       root / raw.get("artifacts", "benchmarks/results/cells"), path, root, compare, published,
+                       raw.get("prose") or "", {n: root / f for n, f in studies.items()})
 
 
 def select(plan: ResultsPlan, only: str | None) -> list[Cell]:
@@ -117,6 +136,7 @@ def select(plan: ResultsPlan, only: str | None) -> list[Cell]:
 # ------------------------------------------------------------------ making cells
 def run(plan: ResultsPlan, only: str | None = None, workers: int = 1, progress: bool = True) -> list[Path]:
     """Make every selected cell that has no artifact yet; returns the artifacts written now."""
+    _commit()  # refuse before hours of training whose artifact could not name its code
     written = []
     for cell in select(plan, only):
         artifact = plan.artifacts / f"{cell.name}.json"
@@ -243,9 +263,10 @@ def _evaluate_cell(plan: ResultsPlan, cell: Cell, run_dir: Path, cfg, workers: i
     records = sorted(read_records(eval_dir), key=lambda r: r["seed"])
     artifact = {
         "cell": asdict(cell), "command": f"robopolicy results run --only {cell.name}",
-        "commit": _git("rev-parse", "HEAD"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "versions": _versions(), "checkpoint": checkpoint_hash(run_dir / "policy"),
-        "weights": weights_hash(run_dir / "policy"),
+        "commit": _commit(), "tree_clean": _tree_clean(plan),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": _versions(), "checkpoint": checkpoint_hash(run_dir / "policy"),  # weights + config file
+        "weights": weights_hash(run_dir / "policy"),  # the weights alone: what the table's figures stand on
         "config": _config_dict(cfg), "train_wall_s": wall and wall["s"],
         **({"train_wall_parts_s": wall} if wall and len(wall) > 1 else {}),
         "eval_wall_s": time.time() - t0, "successes": sum(bool(r["success"]) for r in records),
@@ -331,9 +352,35 @@ def _config_dict(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
-def _git(*args: str) -> str:
-    r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
-    return r.stdout.strip() or "unknown"
+def _git(*args: str) -> str | None:
+    """git's answer in this code's checkout; None when git is missing or this is not a checkout."""
+    try:
+        r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+    except OSError:
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def _commit() -> str:
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        raise ConfigError("cannot determine the git commit of this code (`git rev-parse HEAD` failed): every "
+                          "artifact names the code that made it, so run `robopolicy results run` from the "
+                          "repository's git checkout, with git installed")
+    return commit
+
+
+def _tree_clean(plan: ResultsPlan) -> bool:
+    """No uncommitted change besides the artifacts themselves (a run writes one per cell as it goes)."""
+    top = _git("rev-parse", "--show-toplevel")
+    if top is None:
+        return False
+    try:
+        skip = [f":(top,exclude){plan.artifacts.resolve().relative_to(Path(top).resolve())}"]
+    except ValueError:
+        skip = []  # artifacts outside the checkout
+    status = _git("status", "--porcelain", "--", ":(top)", *skip)
+    return status == ""
 
 
 def _versions() -> dict:
@@ -350,6 +397,8 @@ def _versions() -> dict:
 
 # ------------------------------------------------------------------ the table
 def read_artifacts(plan: ResultsPlan) -> dict[str, dict]:
+    """The plan's artifacts, each refused unless its summary agrees with its episode records, it names its
+    commit and it ran the cell the plan defines (so the table never prints a figure it cannot recount)."""
     out = {}
     for cell in plan.cells:
         path = plan.artifacts / f"{cell.name}.json"
@@ -359,17 +408,59 @@ def read_artifacts(plan: ResultsPlan) -> dict[str, dict]:
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}: not valid JSON ({e}); remove it and rerun `robopolicy results run`"
                                   ) from None
+            _vet(plan, cell, out[cell.name], path)
     return out
+
+
+def counts(a: dict) -> tuple[int, int]:
+    """(successes, trials), counted from the episode records, never read from the summary."""
+    return sum(bool(e["success"]) for e in a["episodes"]), len(a["episodes"])
+
+
+def known_commit(commit) -> bool:
+    """A full git hash (older code wrote "unknown" when git could not tell)."""
+    return isinstance(commit, str) and len(commit) == 40 and all(ch in "0123456789abcdef" for ch in commit)
+
+
+def _vet(plan: ResultsPlan, cell: Cell, a: dict, path: Path) -> None:
+    where, fix = _relative(path, plan.root), f"delete it and run `robopolicy results run --only {cell.name}`"
+    commit = a.get("commit")
+    if not known_commit(commit):
+        raise ArtifactError(f"{where}: its commit is {commit!r}, so nothing names the code that made it; "
+                            f"remake it from a git checkout: {fix}")
+    episodes = a.get("episodes") or []
+    seeds = [e.get("seed") for e in episodes]
+    if not episodes or len(set(seeds)) != len(seeds):
+        raise ArtifactError(f"{where}: its episode records are missing or repeat seeds; {fix}")
+    successes, trials = counts(a)
+    for key, recount in (("trials", trials), ("successes", successes)):
+        if a.get(key) != recount:
+            raise ArtifactError(f"{where}: `{key}` says {a.get(key)} but its episode records count {recount}; "
+                                f"the artifact contradicts itself: {fix}")
+    ran, planned = a.get("cell") or {}, asdict(cell)
+    for key in planned.keys() - {"label", "group"}:  # fields added since an older artifact was made: skipped
+        if key in ran and ran[key] != planned[key]:
+            raise ArtifactError(f"{where}: it ran {key}={ran[key]!r} but the plan's cell says {planned[key]!r}; "
+                                f"restore the plan or remake the cell: {fix}")
 
 
 def table(plan: ResultsPlan) -> str:
     """The README's results section, from the artifacts alone (cells without one are listed as pending)."""
+    return _generate(plan)[0]
+
+
+def _generate(plan: ResultsPlan) -> tuple[str, dict[int, list[tuple[str, str]]]]:
+    """The section and, by line (0-based), the figures its prose filled in: (value, placeholder)."""
+    from robopolicy.eval import results_prose
     from robopolicy.eval.stats import wilson_interval
 
     found = read_artifacts(plan)
+    studies = results_prose.read_studies(plan, found)
+    others = "".join(f" and `{_relative(p, plan.root)}`" for p in plan.studies.values())
     lines = [f"Generated by `robopolicy results table` from `{_relative(plan.artifacts, plan.root)}/` "
-             f"({len(found)} of {len(plan.cells)} cells of `{plan.path.name if plan.path else 'the plan'}`); "
-             "`robopolicy results --check` (CI) fails if this section and the artifacts disagree.", ""]
+             f"({len(found)} of {len(plan.cells)} cells of `{plan.path.name if plan.path else 'the plan'}`)"
+             f"{others}, every figure recounted from their per-episode records; `robopolicy results --check` (CI) "
+             "fails if this section and the artifacts disagree.", ""]
     for group in dict.fromkeys(_group(c) for c in plan.cells):
         cells = [c for c in plan.cells if _group(c) == group]
         lines += [f"**{group}**", "", "| cell | config | demos | K | success | 95% Wilson | train (min) | "
@@ -389,13 +480,14 @@ def table(plan: ResultsPlan) -> str:
             if a is None:
                 lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | pending | | | | |")
                 continue
-            lo, hi = wilson_interval(a["successes"], a["trials"])
+            won, trials = counts(a)
+            lo, hi = wilson_interval(won, trials)
             minutes = "-" if a.get("train_wall_s") is None else f"{a['train_wall_s'] / 60:.1f}"
             if a.get("train_wall_parts_s"):
                 minutes += " (" + " + ".join(f"{a['train_wall_parts_s'][k] / 60:.1f}"
                                              for k in ("stage1", "cache", "stage2")) + ")"
-            lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | {a['successes']}/{a['trials']} "
-                         f"= {a['successes'] / a['trials']:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} | "
+            lines.append(f"| {c.label or c.name} | `{config}` | {c.demos} | {c.k} | {won}/{trials} "
+                         f"= {won / trials:.2f} | [{lo:.2f}, {hi:.2f}] | {minutes} | "
                          f"{_dependency(a)} | {_failures(c.task, a)} |")
         lines.append("")
         scored = [(c, found[c.name]) for c in cells if c.name in found and _scored(found[c.name])]
@@ -416,7 +508,13 @@ def table(plan: ResultsPlan) -> str:
             lines += ["Published, for context (their demonstrations, observations and compute, not ours):", ""]
             lines += [f"- {q['figure']} ({q['source']})" for q in quoted]
             lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    figures = {}
+    if plan.prose.strip():
+        start = "\n".join(lines).rstrip().count("\n") + 2  # after one blank line
+        prose, filled = results_prose.render(plan, found, studies)
+        lines = ["\n".join(lines).rstrip(), "", *prose]
+        figures = {start + i: f for i, f in enumerate(filled) if f}
+    return "\n".join(lines).rstrip() + "\n", figures
 
 
 def _dependency(a: dict) -> str:
@@ -462,12 +560,17 @@ def _paired(a: dict | None, b: dict | None) -> str:
 
     if a is None or b is None:
         return "pending | | "
-    won_a = {e["seed"]: e["success"] for e in a["episodes"]}
-    won_b = {e["seed"]: e["success"] for e in b["episodes"]}
-    seeds = sorted(set(won_a) & set(won_b))
-    only_a = sum(won_a[s] and not won_b[s] for s in seeds)
-    only_b = sum(won_b[s] and not won_a[s] for s in seeds)
-    return f"{only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.3g} ({len(seeds)} seeds)"
+    only_a, only_b, seeds = discordant(a, b)
+    return f"{only_a} | {only_b} | {mcnemar_exact(only_a, only_b):.3g} ({seeds} seeds)"
+
+
+def discordant(a: dict, b: dict) -> tuple[int, int, int]:
+    """Seeds only A won, seeds only B won, and how many seeds they share, from the episode records."""
+    won_a = {e["seed"]: bool(e["success"]) for e in a["episodes"]}
+    won_b = {e["seed"]: bool(e["success"]) for e in b["episodes"]}
+    seeds = set(won_a) & set(won_b)
+    return (sum(won_a[s] and not won_b[s] for s in seeds), sum(won_b[s] and not won_a[s] for s in seeds),
+            len(seeds))
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -502,16 +605,23 @@ def write_readme(plan: ResultsPlan, readme: str | Path) -> bool:
 
 
 def check(plan: ResultsPlan, readme: str | Path) -> str | None:
-    """None when the README's section is what the artifacts generate; else what differs, in one message."""
+    """None when the README's section (tables and prose) is what the artifacts generate; else what differs,
+    in one message that names the first figure that differs and where it comes from. Raises ArtifactError
+    on an artifact the table would refuse."""
+    from robopolicy.eval.results_prose import which_figure
+
     readme = Path(readme)
     text = _read(readme)
     a, b = _section(text, readme)
-    have, want = text[a:b].strip("\n"), table(plan).strip("\n")
+    generated, figures = _generate(plan)
+    have, want = text[a:b].strip("\n"), generated.strip("\n")
     if have == want:
         return None
     diff = next((i for i, (x, y) in enumerate(zip(have.splitlines(), want.splitlines())) if x != y),
                 min(len(have.splitlines()), len(want.splitlines())))
     got = (have.splitlines() + [""])[diff]
     exp = (want.splitlines() + [""])[diff]
+    figure = which_figure(plan, got, exp, figures.get(diff, []))
     return (f"{readme}: the results section disagrees with the artifacts at its line {diff + 1}:\n  README:    {got}\n"
-            f"  artifacts: {exp}\nrun `robopolicy results table` to regenerate it (never edit it by hand)")
+            f"  artifacts: {exp}\n{figure}run `robopolicy results table` to regenerate it (never edit it by hand: "
+            f"its prose is `prose:` in {plan.path.name if plan.path else 'the plan'})")
