@@ -447,7 +447,7 @@ def test_a_server_killed_mid_run_leaves_the_arm_holding_then_stopped(reach_run, 
     effector comes to rest (under 1 mm over the hold's last quarter). It does not stay within 1 mm of where
     it was when the queue ran out: Meta-World's hand trails its mocap setpoint by up to ~2 cm at full speed
     (a soft weld) and catches up once the hold begins."""
-    s = Server(reach_run, env={"OMP_NUM_THREADS": "1"})  # a core each, server and loop
+    s = Server(reach_run, "--act-batch", "1", env={"OMP_NUM_THREADS": "1"})  # a core each, server and loop
     run = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "run", "--server", s.url, "--robot", "sim:reach",
                             "--episodes", "3", "--ttl", "1.0", "--out", str(tmp_path / "run"), "--quiet"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,

@@ -169,6 +169,7 @@ def timing_figure(eps: list[RunEpisode], period_ms: float, chunk_ms: float, lock
     if lockstep or not len(lateness):
         ax.text(0.5, 0.5, "lockstep clock: ticks are exact\n(no jitter to show)", ha="center", va="center",
                 transform=ax.transAxes)
+        ax.axis("off")
     else:
         ax.hist(lateness, bins=60, color="tab:blue")  # its own range: the miss line must not squash it
         miss = period_ms / 2
@@ -190,6 +191,7 @@ def timing_figure(eps: list[RunEpisode], period_ms: float, chunk_ms: float, lock
     else:
         ax.text(0.5, 0.5, f"lockstep clock: each reply arrives\n{cfg.inject_latency_s * 1000:g} ms (injected) after "
                 "its request;\nno round trips are measured", ha="center", va="center", transform=ax.transAxes)
+        ax.axis("off")
         ax.set(title="request -> reply")
     ax = axes[2]
     scored = [[min(x) for x in e.scores if x] for e in eps[:8]]
@@ -204,6 +206,7 @@ def timing_figure(eps: list[RunEpisode], period_ms: float, chunk_ms: float, lock
         ax.set(xlabel="chunk", ylabel="round trip (ms)", title=f"round trip per chunk (K={cfg.k}: no verifier)")
     else:
         ax.text(0.5, 0.5, f"K={cfg.k}: no verifier scores", ha="center", va="center", transform=ax.transAxes)
+        ax.axis("off")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
