@@ -170,11 +170,14 @@ def _scores_chart(summary: dict, records: list[dict], path: Path) -> bool:
     for r in scored[:40]:
         ys = [s[c] if s is not None else np.nan for s, c in zip(r["scores"], r["chosen"])]
         ax.plot(ys, color="#55a868" if r["success"] else "#c44e52", alpha=0.5, lw=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # chunks are counted: no 0.5 ticks
     ax.set_xlabel("chunk")
-    ax.set_ylabel(f"score of the executed candidate ({scored[0].get('method')})")
-    ax.set_title("green: successes, red: failures")
+    ax.set_ylabel(f"score ({scored[0].get('method')})")  # short: a long label outgrew the figure's height
+    ax.set_title("the executed candidate's score (lower: better); green: successes, red: failures", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -183,7 +186,7 @@ def render_videos(meta: dict, records: list[dict], folders: list[Path], out: Pat
     """mp4s of the first ``per_kind`` successes and failures of each task, rendered afterwards by replaying
     the executed actions from the episode's seed (physics is deterministic), so the run never rendered
     frames it did not need."""
-    from robopolicy.video import replay_frames, write_mp4
+    from robopolicy.video import control_hz, replay_frames, write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
     clips = []
@@ -198,6 +201,6 @@ def render_videos(meta: dict, records: list[dict], folders: list[Path], out: Pat
             actions = np.load(path, allow_pickle=False)
             frames = replay_frames(meta["env_specs"][task], r["seed"], actions)
             name = f"{task}-{r['seed']}-{'success' if r['success'] else 'failure'}.mp4"
-            write_mp4(frames, out / name)
+            write_mp4(frames, out / name, fps=control_hz(meta["env_specs"][task]))  # real time
             clips.append(f"videos/{name}")
     return clips

@@ -97,23 +97,33 @@ def checkpoint_folder(path: str | Path) -> Path | None:
     return None
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """checkpoint_folder, or one ConfigError saying whether ``path`` is missing or holds no policy."""
+    folder = checkpoint_folder(path)
+    if folder is None:
+        if not Path(path).exists():
+            raise ConfigError(f"{path}: does not exist; pass the run folder `robopolicy train` wrote (or its "
+                              "policy/)")
+        raise ConfigError(f"{path}: not a policy checkpoint (no model.safetensors, nor in policy/); pass the "
+                          "folder `robopolicy train` wrote")
+    return folder
+
+
 def resolve_checkpoints(suite: Suite, checkpoint: str | None, checkpoints: str | None) -> dict[str, Path]:
     """--checkpoint C for a one-task suite (or every task), --checkpoints DIR for DIR/<task>/[policy]."""
-    folder = checkpoint_folder
-
     out = {}
     if checkpoints:
+        if not Path(checkpoints).is_dir():
+            raise ConfigError(f"{checkpoints}: does not exist; pass a folder holding one run per suite task "
+                              "(DIR/<task>/)")
         for task in suite.tasks:
-            found = folder(Path(checkpoints) / task)
+            found = checkpoint_folder(Path(checkpoints) / task)
             if found is None:
                 raise ConfigError(f"no checkpoint for task {task!r} of suite {suite.name}: expected "
                                   f"{Path(checkpoints) / task}/policy (a run folder) or a policy folder there")
             out[task] = found
     elif checkpoint:
-        found = folder(Path(checkpoint))
-        if found is None:
-            raise ConfigError(f"{checkpoint}: not a policy checkpoint (no model.safetensors, nor in policy/); "
-                              "pass the folder `robopolicy train` wrote")
+        found = find_checkpoint(checkpoint)
         out = {task: found for task in suite.tasks}
     else:
         raise ConfigError("nothing to evaluate: pass --checkpoint C (one policy) or --checkpoints DIR "

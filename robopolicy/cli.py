@@ -61,24 +61,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from robopolicy.eval.runner import checkpoint_folder
+    from robopolicy.eval.runner import find_checkpoint
     from robopolicy.policy import Policy, checkpoint_hash
-    from robopolicy.serve.server import PolicyServer, ServerConfig, check_bind, read_token
+    from robopolicy.serve.server import PolicyServer, ServerConfig, check_bind, check_port, read_token
     from robopolicy.train.trainer import _device
 
     token = read_token(args.token_file)
     check_bind(args.host, token)  # before loading anything: a refused bind costs nothing
-    folder = checkpoint_folder(args.checkpoint)
-    if folder is None:
-        raise RobopolicyError(f"{args.checkpoint}: not a policy checkpoint (no model.safetensors, nor in policy/)")
+    check_port(args.host, args.port)
+    folder = find_checkpoint(args.checkpoint)
     policy = Policy.load(folder, map_location=str(_device(args.device)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = PolicyServer(policy, ServerConfig(args.host, args.port, token, act_batch=args.act_batch),
                           checkpoint_hash(folder))
-    print(f"serving {folder} ({policy.cfg.policy.head}) on ws://{args.host}:{args.port}  (health: "
-          f"http://{args.host}:{args.port}/healthz; SIGTERM or Ctrl-C drains and exits)", flush=True)
-    asyncio.run(server.serve())
+
+    async def serve() -> None:  # "serving" once the port is bound, never before an error
+        ready = asyncio.Event()
+
+        async def announce() -> None:
+            await ready.wait()
+            print(f"serving {folder} ({policy.cfg.policy.head}) on ws://{args.host}:{server.port}  (health: "
+                  f"http://{args.host}:{server.port}/healthz; SIGTERM or Ctrl-C drains and exits)", flush=True)
+
+        announcer = asyncio.create_task(announce())
+        try:
+            await server.serve(ready)
+        finally:
+            announcer.cancel()
+
+    asyncio.run(serve())
     return 0
+
+
+def _floats(text: str) -> float | list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
+    return values[0] if len(values) == 1 else values
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,14 +118,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                          ttl_s=args.ttl, retry_above=args.retry_above)
         seeds = list(envs.eval_seeds(args.episodes, args.seed_start))
         result = run(link, args.robot, seeds, cfg, lockstep=args.lockstep, out=args.out, progress=not args.quiet,
-                     videos=args.video)
+                     videos=args.video, max_step=args.max_step)
     finally:
         link.close()
     from robopolicy.serve.run import summary
 
     s = summary(result.episodes, 1000 / link.metadata["control_hz"])
     print(f"success {s['success_rate']:.2f} over {s['episodes']} episodes; misses {s['misses']} of {s['ticks']} "
-          f"ticks ({s['miss_rate']:.2%}); round trip p50 {s['round_trip_ms']['p50'] or 0:.1f} ms"
+          f"ticks ({s['miss_rate']:.2%}: {s['late']} late, {s['starved']} starved); {s['shield']['clamped']} commands "
+          f"clamped; round trip p50 {s['round_trip_ms']['p50'] or 0:.1f} ms"
           + (f"; report in {result.out}" if result.out else ""))
     if result.stopped:
         print(f"robopolicy: the arm was stopped ({result.stopped}); the run ended early", file=sys.stderr)
@@ -133,6 +154,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from robopolicy.config import load_config
     from robopolicy.train.trainer import train
 
+    out = Path(args.out)
+    if args.resume and not (out / "train_state.pt").is_file():  # else --resume would silently start afresh
+        if not out.exists():
+            raise RobopolicyError(f"--resume: {out} does not exist, so there is no run to resume; drop --resume "
+                                  "to start a fresh run there")
+        raise RobopolicyError(f"--resume: {out} holds no train_state.pt (no run, or one stopped before its first "
+                              "checkpoint); drop --resume to start a fresh run"
+                              + (" (after deleting its files, or in another --out)" if any(out.iterdir()) else ""))
     cfg = load_config(args.config, args.overrides)
     policy_dir = train(cfg, args.store, args.out, resume=args.resume, progress=not args.quiet,
                        embeddings=args.embeddings)
@@ -183,17 +212,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         task, obs = args.task, args.obs
         if task is None or obs is None:  # what the checkpoint says: where it was trained, what it reads
-            from robopolicy.eval.runner import checkpoint_folder
+            from robopolicy.eval.runner import find_checkpoint
             from robopolicy.policy import Policy
 
             source = args.checkpoint or (args.checkpoints and task and str(Path(args.checkpoints) / task))
             if not source:
                 raise RobopolicyError("pass --checkpoint C (and optionally --task T), or --suite S --checkpoints DIR")
-            folder = checkpoint_folder(source)
-            if folder is None:
-                raise RobopolicyError(f"{source}: not a policy checkpoint (no model.safetensors, nor in policy/); "
-                                      "pass the folder `robopolicy train` wrote")
-            policy = Policy.load(folder)
+            policy = Policy.load(find_checkpoint(source))
             card = policy.task or {}
             if task is None:
                 task = card.get("task")
@@ -355,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Roll a checkpoint out on a task (default: the one it was trained on) or a suite "
                                    "(eval/suites/*.yaml: smoke, metaworld-8, memory, memory-image, lift) with worker "
                                    "processes stepping the envs and batched inference. Writes one record per "
-                                   "finished episode, then summary.json, report.md (success with 95%% Wilson "
+                                   "finished episode, then summary.json, report.md (success with 95% Wilson "
                                    "intervals, lengths, latency), charts and videos. Rerun the same command to "
                                    "resume an interrupted evaluation. Reports use the final EMA weights.")
     p.add_argument("--checkpoint", help="policy folder (RUN/policy or RUN) for a task, or for every suite task")
@@ -422,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw a chunk again (once) when its best candidate's score is above SCORE (EBT: its energy; "
                    "the verifier's score acted on). Default: off")
     p.add_argument("--inject-latency", type=float, default=0.0, help="ms added to every round trip")
+    p.add_argument("--max-step", type=_floats, default=None, metavar="S[,S...]",
+                   help="the shield's per-tick step limit, one value or one per action dimension (default: the "
+                        "arm's own, from its action scale; `sim:` tasks: 1 unit per axis, 2 for the gripper)")
     p.add_argument("--ttl", type=float, default=0.5, help="seconds a command stays valid: the arm stops this long "
                    "after the last one (default: %(default)s)")
     p.add_argument("--lockstep", action="store_true", help="simulated time (deterministic) instead of the wall "
@@ -436,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="`run` trains and evaluates every cell of the plan that has no artifact yet "
                                    "(each step resumes across interruptions and sessions) and regenerates the "
                                    "README's results section; `table` regenerates it from the artifacts; "
-                                   "`--check` exits 1 when the README and the artifacts disagree (CI runs it).")
+                                   "`--check` exits 1 when the README and the artifacts disagree (CI runs it). "
+                                   "Both recount every figure from the artifacts' per-episode records and refuse "
+                                   "(exit 2) an artifact that contradicts them or names no commit.")
     p.add_argument("action", nargs="?", choices=("run", "table", "check"), help="default: table")
     p.add_argument("--check", action="store_true", help="the same as the `check` action")
     checkout = Path(__file__).resolve().parent.parent  # the repository (an editable install)
@@ -500,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Collects a state store of a memory task, trains the config at To=16 and at "
                                     "To=2 on it, evaluates both on the same seeds (and the To=16 policy with K=8 "
                                     "self-verified candidates) and prints success with Wilson "
-                                    "95%% intervals, split by the task's hidden variable. Tens of minutes on a CPU; "
+                                    "95% intervals, split by the task's hidden variable. Tens of minutes on a CPU; "
                                     "rerun with the same --out to resume.")
     q.add_argument("--task", default="cue-reach", help="memory task (default: %(default)s)")
     q.add_argument("--episodes", type=int, default=50, help="demonstrations (default: %(default)s)")
@@ -514,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from robopolicy.threads import configure_threads
+
+    configure_threads()  # before any verb imports torch
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -122,4 +122,21 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[st
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+        key, problem = getattr(e, "full_key", None), str(e).splitlines()[0]
+        expected = _field_type(key) if key else None
+        raise ConfigError(f"config: {key}: {problem}" + (f" ({key} takes {expected})" if expected else "")
+                          if key else f"config: {problem}") from None
+
+
+def _field_type(key: str) -> str | None:
+    """The declared type of a dotted config key (``train.steps`` -> ``int``), for error messages."""
+    import dataclasses
+    import typing
+
+    hint = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else {}
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint.__name__ if isinstance(hint, type) else str(hint)

@@ -352,6 +352,8 @@ class Policy(nn.Module):
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        if not folder.exists():
+            raise ConfigError(f"{folder}: does not exist; pass the folder `robopolicy train` wrote (RUN/policy)")
         for name in ("model.safetensors", "config.yaml", "schema.json"):
             if not (folder / name).is_file():
                 raise ConfigError(f"{folder}: not a policy checkpoint (no {name}); pass the folder "

@@ -39,15 +39,28 @@ def replay_frames(spec: dict, seed: int, actions: np.ndarray) -> list[np.ndarray
         env.close()
 
 
-def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float = 20.0) -> None:
-    import cv2
+def control_hz(spec: dict | None, default: float = 20.0) -> float:
+    """The control rate of the env ``spec`` describes: one frame per action, so a video at this rate plays in
+    real time."""
+    from robopolicy import envs
+
+    card = envs.task_card(spec) if spec else None
+    return float(card["control_hz"]) if card and card.get("control_hz") else default
+
+
+def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> None:
+    """H.264 (yuv420p) MP4, what browsers play (OpenCV's wheels only write MPEG-4 Part 2, which they do not),
+    at ``fps``: pass the task's control rate (`control_hz`) so the video plays in real time."""
+    from fractions import Fraction
+
+    import av
 
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path} (no mp4v encoder)")
-    try:
+    pad = ((0, h % 2), (0, w % 2), (0, 0))  # yuv420p halves the chroma: even sizes only
+    with av.open(str(path), "w", container_options={"movflags": "+faststart"}) as container:  # plays while loading
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
         for frame in frames:
-            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+            image = np.pad(np.ascontiguousarray(frame), pad, mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())  # flush

@@ -6,7 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from robopolicy.threads import configure_threads
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering, set here, never by the user
+configure_threads()  # before anything imports torch: tests slow down by their CPU share beside other jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

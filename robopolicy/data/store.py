@@ -74,7 +74,8 @@ def _open_zarr_group(path: Path, writable: bool) -> zarr.Group:
     """Open a directory or .zip zarr group (format 2 or 3), or raise one clear StoreError."""
     if not path.exists():
         raise StoreError(
-            f"{path}: no such demo store. Check the path, or make one with `robopolicy import`."
+            f"{path}: no such demo store. Check the path, or make one: `robopolicy collect --task T --episodes N "
+            f"--out {path}` (scripted demos) or `robopolicy import` (another format)."
         )
     try:
         if path.is_file():

@@ -115,7 +115,7 @@ def run(link, robot: str, seeds: list[int], cfg: LoopConfig, lockstep: bool = Fa
 
 
 def render_videos(out: Path, spec: dict | None, episodes: list[RunEpisode]) -> list[str]:
-    from robopolicy.video import replay_frames, write_mp4
+    from robopolicy.video import control_hz, replay_frames, write_mp4
 
     clips = []
     for ep in episodes:
@@ -124,7 +124,8 @@ def render_videos(out: Path, spec: dict | None, episodes: list[RunEpisode]) -> l
             continue
         (out / "videos").mkdir(exist_ok=True)
         name = f"{ep.seed}-{'success' if ep.success else 'failure'}.mp4"
-        write_mp4(replay_frames(spec, ep.seed, np.load(path, allow_pickle=False)), out / "videos" / name)
+        write_mp4(replay_frames(spec, ep.seed, np.load(path, allow_pickle=False)), out / "videos" / name,
+                  fps=control_hz(spec))
         clips.append(f"videos/{name}")
     return clips
 

@@ -13,6 +13,7 @@ What it guarantees (and the anchors do not, ../shared/reference/serving_and_real
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import http
 import json
@@ -54,6 +55,31 @@ def check_bind(host: str, token: str | None) -> None:
         raise ConfigError(f"binding {host} exposes the policy to the network: pass --token-file F (clients send "
                           "'Authorization: Api-Key <token>'), or keep the default 127.0.0.1 and reach it through "
                           "an SSH tunnel (ssh -L 8000:127.0.0.1:8000 robot-host)")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before the policy loads when the port is taken (serve() binds again, and says the same if it lost
+    a race)."""
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: {e.strerror}; pass an address of this machine") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds: TIME_WAIT is no conflict
+            try:
+                s.bind(address)
+            except OSError as e:
+                raise bind_error(host, port, e) from None
+
+
+def bind_error(host: str, port: int, e: OSError) -> ConfigError:
+    if e.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} on {host} is in use: pass another --port, or stop what holds it "
+                           f"(`ss -ltnp 'sport = :{port}'` names it)")
+    return ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --host or --port")
 
 
 def read_token(path: str | Path | None) -> str | None:
@@ -232,9 +258,14 @@ class PolicyServer:
             except (RuntimeError, ValueError):  # not the main thread: the caller stops us with ``stop``
                 pass
         try:
-            async with serve(self._handler, self.cfg.host, self.cfg.port, process_request=self._process_request,
-                             max_size=self.cfg.max_frame_bytes, max_queue=4, compression=None,
-                             ping_interval=20, ping_timeout=20, close_timeout=5) as server:
+            listening = serve(self._handler, self.cfg.host, self.cfg.port, process_request=self._process_request,
+                              max_size=self.cfg.max_frame_bytes, max_queue=4, compression=None,
+                              ping_interval=20, ping_timeout=20, close_timeout=5)
+            try:
+                await listening  # binds: a taken port is one clear error, not a traceback
+            except OSError as e:
+                raise bind_error(self.cfg.host, self.cfg.port, e) from None
+            async with listening as server:  # (already bound: entering does not bind again)
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("serving %s on ws://%s:%d", self.metadata["head"], self.cfg.host, self.port)
                 if ready is not None:
