@@ -32,6 +32,7 @@ def test_import_the_bundled_robomimic_file(tmp_path):
         assert words in result.stdout
 
 
+@pytest.mark.slow  # a benchmark's smoke run, half a minute (the default suite stays under 10 minutes)
 def test_bench_data_runs_and_prints_ratios():
     result = run_cli("bench", "data", "--quick")
     assert result.returncode == 0, result.stderr
@@ -39,6 +40,7 @@ def test_bench_data_runs_and_prints_ratios():
     assert "targets (To=2)" in result.stdout
 
 
+@pytest.mark.slow  # a benchmark's smoke run, half a minute (the default suite stays under 10 minutes)
 def test_bench_train_runs_and_prints_ratios():
     result = run_cli("bench", "train", "--quick")
     assert result.returncode == 0, result.stderr
@@ -62,6 +64,7 @@ def test_bench_history_trains_both_contexts_evaluates_and_resumes(tmp_path):
     assert again.stdout.split("run folder")[1] == result.stdout.split("run folder")[1]  # same seeds, same table
 
 
+@pytest.mark.slow  # a benchmark's smoke run, half a minute (the default suite stays under 10 minutes)
 def test_bench_eval_runs_and_prints_ratios(tmp_path):
     result = run_cli("bench", "eval", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -250,25 +250,26 @@ def test_run_applies_the_arms_per_tick_step_and_max_step_overrides_it(server, po
     from robopolicy import envs
     from robopolicy.serve.client import LocalLink
     from robopolicy.serve.clock import LockstepClock
-    from robopolicy.serve.loop import LoopConfig
-    from robopolicy.serve.run import make_arm, run
+    from robopolicy.serve.loop import ControlLoop, LoopConfig
+    from robopolicy.serve.run import make_arm
 
     link = LocalLink(policy)
-    arm = make_arm("sim:reach", LockstepClock(), link.metadata, 0.5)
+    clock = LockstepClock()
+    arm = make_arm("sim:reach", clock, link.metadata, 0.5)
     assert arm.max_step.tolist() == list(envs.get("reach").factory.max_step) == [1.0, 1.0, 1.0, 2.0]
     arm.close()
-    seeds = list(envs.eval_seeds(1))
-    result = run(link, "sim:reach", seeds, LoopConfig(), lockstep=True, progress=False, max_step=0.02)
-    ep = result.episodes[0]
+    arm = make_arm("sim:reach", clock, link.metadata, 0.5, max_step=0.02)
+    ep = ControlLoop(arm, link, clock, LoopConfig()).run_episode(envs.eval_seeds(1)[0], max_steps=120)
+    arm.close()
     steps = np.abs(np.diff(ep.actions[:, 3]))
     assert np.abs(ep.actions[:, :3]).max() <= 0.02 + 1e-6 and steps.max() <= 0.02 + 1e-6
     assert ep.shield["clamped"] > ep.length // 2  # the policy commands more than 0.02 most of the time
     # through the command line, against the real server: the flag reaches the shield, the report counts
     r = run_cli("run", "--server", server.url, "--robot", "sim:reach", "--lockstep", "--episodes", "1",
-                "--max-step", "0.02,0.02,0.02,0.5", "--out", str(tmp_path / "run"), "--quiet")
+                "--max-step", "0.5,0.5,0.5,0.5", "--out", str(tmp_path / "run"), "--quiet")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert meta["max_step"] == pytest.approx([0.02, 0.02, 0.02, 0.5]) and meta["summary"]["shield"]["clamped"] > 0
+    assert meta["max_step"] == pytest.approx([0.5] * 4) and meta["summary"]["shield"]["clamped"] > 0
     assert "commands clamped" in r.stdout and "clamped commands" in (tmp_path / "run" / "report.md").read_text()
     r = run_cli("run", "--server", server.url, "--robot", "sim:reach", "--lockstep", "--max-step", "0.1,0.1")
     assert r.returncode == 2 and "max_step has 2 values" in r.stderr and "Traceback" not in r.stderr
