@@ -33,6 +33,7 @@ def _assert_committed_equal_clean_run(path: Path) -> int:
     return store.n_episodes
 
 
+@pytest.mark.slow  # 24 random kills, half a minute; the deterministic kill test below stays in the default suite
 def test_sigkill_at_random_moments_keeps_committed_episodes(tmp_path):
     clean_start = time.perf_counter()
     subprocess.run([sys.executable, str(WRITER), str(tmp_path / "clean.zarr"), str(N_EPISODES)], check=True,

@@ -70,7 +70,8 @@ def test_image_observations_are_upright_and_change_with_the_scene(name, camera):
     env.close()
 
 
-@pytest.mark.parametrize("name", MEMORY_TASKS)
+@pytest.mark.parametrize("name", [n if n == "cue-reach" else pytest.param(n, marks=pytest.mark.slow)  # 10-25 s each
+                                  for n in MEMORY_TASKS])
 def test_memory_proof(name):
     """Histories that differ only in the hidden variable look the same at the decision step (and the step
     before: a To=2 window), while the expert acts differently there; the deciding information lies

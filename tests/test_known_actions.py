@@ -82,6 +82,7 @@ def _follow_share(head, guidance_of=None) -> tuple[float, float]:
     return share(free), share(out)
 
 
+@pytest.mark.slow  # 15 s; the policy-level seam test below keeps DDIM's following in the default suite
 def test_diffusion_inpainting_makes_the_free_tokens_follow_the_known_ones():
     """Bimodal demonstrations: unconditioned, both modes come out; with the start of the positive mode
     known, (nearly) every candidate continues it, with DDIM-10 and with DDPM-100 (where unscaled guidance
