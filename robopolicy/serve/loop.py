@@ -94,15 +94,14 @@ class ControlLoop:
         if meta.get("action_semantics") and list(meta["action_semantics"]) != list(arm.action_semantics):
             raise ConfigError(f"the policy commands {meta['action_semantics']}, the arm takes "
                               f"{list(arm.action_semantics)}")
-        shapes = getattr(arm.driver, "observation_shapes", None)
-        if shapes is not None:
-            problems = [f"{k!r}: the policy reads {tuple(v)}, the arm gives "
-                        f"{tuple(shapes[k]) if k in shapes else 'nothing'}"
-                        for k, v in (meta.get("obs_shapes") or {}).items() if tuple(shapes.get(k, ())) != tuple(v)]
-            if problems:
-                raise ConfigError("the policy does not fit the arm's observations (" + "; ".join(problems) +
-                                  f"; the arm gives {sorted(shapes)}): serve a policy trained on this robot's "
-                                  "observations")
+        shapes = arm.driver.observation_shapes  # every driver declares them (robots/driver.py)
+        problems = [f"{k!r}: the policy reads {tuple(v)}, the arm gives "
+                    f"{tuple(shapes[k]) if k in shapes else 'nothing'}"
+                    for k, v in (meta.get("obs_shapes") or {}).items() if tuple(shapes.get(k, ())) != tuple(v)]
+        if problems:
+            raise ConfigError("the policy does not fit the arm's observations (" + "; ".join(problems) +
+                              f"; the arm gives {sorted(shapes)}): serve a policy trained on this robot's "
+                              "observations")
         if meta.get("action_dim") != len(arm.action_semantics):
             raise ConfigError(f"the policy commands {meta.get('action_dim')}-d actions, the arm takes "
                               f"{len(arm.action_semantics)}")
