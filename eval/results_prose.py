@@ -55,13 +55,13 @@ def render(plan, found: dict[str, dict], studies: dict[str, dict]) -> tuple[list
             items = [(text, indent + ("- " if bullet else ""), indent + ("  " if bullet else ""), False)
                      for bullet, text in re.findall(r"(^[ \t]*- )?((?:(?!^[ \t]*- ).)+)", block, re.M | re.S)]
         for text, first, rest, whole in items:
-            wrapped, filled = _wrap(text, first, rest, whole, lambda m: _value(m.group(1), plan, found, studies))
+            wrapped, filled = wrap(text, first, rest, whole, lambda m: _value(m.group(1), plan, found, studies))
             lines += wrapped
             figures += filled
     return lines, figures
 
 
-def _wrap(text: str, first: str, rest: str, whole: bool, value) -> tuple[list[str], list[list[tuple[str, str]]]]:
+def wrap(text: str, first: str, rest: str, whole: bool, value) -> tuple[list[str], list[list[tuple[str, str]]]]:
     """``text`` filled and wrapped at WIDTH (unless ``whole``), and per line the figures filled there."""
     # a placeholder is one word, even with spaces in it
     words = [text] if whole else re.findall(r"(?:\{\{[^{}]*\}\}|\S)+", text)

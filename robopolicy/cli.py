@@ -250,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from robopolicy.eval import results
+    from robopolicy.eval import readme_figures, results
 
     plan = results.load_plan(args.plan)
     action = "check" if args.check else args.action or "table"
@@ -261,12 +261,16 @@ def cmd_results(args: argparse.Namespace) -> int:
     if action == "table":
         changed = results.write_readme(plan, args.readme)
         print(f"{args.readme}: results section {'regenerated' if changed else 'already up to date'}")
+        blocks = readme_figures.write(args.readme)
+        print(f"{args.readme}: {blocks} benchmark paragraph(s) regenerated" if blocks else
+              f"{args.readme}: the benchmark paragraphs already up to date")
         return 0
-    problem = results.check(plan, args.readme)
+    problem = results.check(plan, args.readme) or readme_figures.check(args.readme)
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    print(f"{args.readme}: the results section matches the {len(results.read_artifacts(plan))} artifacts")
+    print(f"{args.readme}: the results section matches the {len(results.read_artifacts(plan))} artifacts, and "
+          f"its {len(readme_figures.blocks(Path(args.readme).read_text()))} benchmark paragraphs theirs")
     return 0
 
 
