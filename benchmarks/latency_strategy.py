@@ -15,20 +15,20 @@ the socket), one thread, so the figures do not depend on the machine's speed.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from robopolicy import provenance
+
 STRATEGIES = ("replan", "ensemble", "rtc")
 
 
 def cell(policy, task: str, seeds: list[int], strategy: str, periods: int) -> dict:
-    from robopolicy.serve.client import LocalLink
     from robopolicy.serve.loop import LoopConfig
     from robopolicy.serve.run import run
+    from robopolicy.serve.service import LocalLink
 
     link = LocalLink(policy)
     try:
@@ -49,7 +49,8 @@ def main(argv: list[str]) -> None:
     import torch
 
     from robopolicy import envs
-    from robopolicy.policy import Policy, checkpoint_hash
+    from robopolicy.checkpoints import checkpoint_hash
+    from robopolicy.policy import Policy
 
     out = Path(argv[0])
     episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 30
@@ -123,7 +124,7 @@ def _write(out: Path, argv, rows: dict, seeds, t0: float, previous: dict) -> Non
     result = {
         "command": "python benchmarks/latency_strategy.py " + " ".join(argv),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "clock": "lockstep",
+        "machine": provenance.machine(), "clock": "lockstep",
         "episodes": len(seeds), "seeds": [seeds[0], seeds[-1]],
         "wall_s": previous.get("wall_s", 0.0) + (time.time() - t0),
         "cells": cells, "rtc_vs_replan": paired(cells), "table": table(cells),

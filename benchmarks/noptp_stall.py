@@ -38,8 +38,6 @@ file that has since gained a field, so they cannot be compared).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -47,6 +45,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from robopolicy import provenance
 
 LEFT_READY = 0.02  # m from the hand's position at DECIDE - 1: the hand has left READY
 CELLS = {"no PTP": "cue-reach.noptp.s1", "PTP": "cue-reach.ptp.s1"}  # the results cells these policies repeat
@@ -97,13 +97,13 @@ class FreshNoise:
     def __getattr__(self, name):
         return getattr(self.policy, name)
 
-    def act(self, windows, generators, **kw):
+    def act(self, windows, acting, generators, **kw):
         import torch
 
         # keyed by id, the episode's own generator kept alive beside its replacement so no id is reused
         fresh = [self._streams.setdefault(id(g), (g, torch.Generator().manual_seed(g.initial_seed() + self.offset)))[1]
                  for g in generators]
-        return self.policy.act(windows, generators=fresh, **kw)
+        return self.policy.act(windows, acting, generators=fresh, **kw)
 
 
 class Traced:
@@ -278,9 +278,10 @@ def main(argv: list[str]) -> None:
     import torch
 
     from robopolicy import envs
+    from robopolicy.checkpoints import checkpoint_hash, weights_hash
     from robopolicy.envs.memory import CueReach
     from robopolicy.eval.stats import mcnemar_exact
-    from robopolicy.policy import Policy, checkpoint_hash, weights_hash
+    from robopolicy.policy import Policy
 
     out, checkpoints = Path(argv[0]), {"no PTP": argv[1], "PTP": argv[2]}
     episodes = int(argv[argv.index("--episodes") + 1]) if "--episodes" in argv else 50
@@ -336,7 +337,7 @@ def main(argv: list[str]) -> None:
     figure(profiles, radius, decide, out.with_suffix(".png"))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     artifact = {"command": "python benchmarks/noptp_stall.py " + " ".join(argv), "commit": commit,
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+                "machine": provenance.machine(), "torch": torch.__version__,
                 "seeds": [seeds[0], seeds[-1]], "shift": shift, "left_ready_m": LEFT_READY,
                 "wall_s": round(time.time() - t0, 1), **result, "profiles": profiles}
     out.write_text(json.dumps(artifact, indent=1))

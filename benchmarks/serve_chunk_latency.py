@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from robopolicy import provenance
 
 
 def _policy(config: str, folder: Path):
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> None:
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
     result = {"command": "python benchmarks/serve_chunk_latency.py " + " ".join(argv),
               "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": device, "gpu": gpu,
+              "machine": provenance.machine(), "device": device, "gpu": gpu,
               "torch": torch.__version__, "wall_s": time.time() - t0, "rows": rows,
               "targets_ms": {"diffusion DDIM-10 batch 1": 10.0, "ebt 2 steps batch 1": 3.0}}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from robopolicy import provenance
 
 
 def _pin(core: int) -> list[str]:
@@ -43,9 +44,10 @@ def main(argv: list[str]) -> None:
 
     from robopolicy import envs
     from robopolicy.bench.serve import start_server
+    from robopolicy.checkpoints import checkpoint_hash
     from robopolicy.eval.rollout import LocalEnv, run_episodes
     from robopolicy.eval.stats import mcnemar_exact
-    from robopolicy.policy import Policy, checkpoint_hash
+    from robopolicy.policy import Policy
 
     checkpoint, out = argv[0], Path(argv[1])
     task = argv[argv.index("--task") + 1] if "--task" in argv else "reach"
@@ -77,7 +79,7 @@ def main(argv: list[str]) -> None:
     result = {
         "command": "python benchmarks/served_vs_offline.py " + " ".join(argv),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "checkpoint": checkpoint_hash(checkpoint),
+        "machine": provenance.machine(), "checkpoint": checkpoint_hash(checkpoint),
         "head": policy.cfg.policy.head, "task": task, "seeds": [seeds[0], seeds[-1]],
         "control_hz": (policy.task or {}).get("control_hz"),
         "wall_strategy": strategy, "server_act_batch": int(act_batch),

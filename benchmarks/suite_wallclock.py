@@ -12,13 +12,12 @@ Rerunning reuses the stores and policies in OUT.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from robopolicy import provenance
 from robopolicy.collect import collect
 from robopolicy.config import load_config
 from robopolicy.eval.suite import load_suite, shipped_suites
@@ -55,7 +54,7 @@ def main(argv: list[str]) -> None:
     path = out / "suites.json"
     results = json.loads(path.read_text()) if path.exists() else {
         "command": "python benchmarks/suite_wallclock.py " + " ".join(sys.argv[1:]), "commit": commit,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "workers": workers,
+        "machine": provenance.machine(), "workers": workers,
         "policy_configs": {"state": ["diffusion", *STATE], "image": ["diffusion_image", *IMAGE]}, "suites": {}}
     for name in suites:
         suite = load_suite(name)

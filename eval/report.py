@@ -16,20 +16,6 @@ from robopolicy.errors import ConfigError
 from robopolicy.eval.runner import comparable, read_records
 from robopolicy.eval.stats import wilson_interval
 
-PACKAGES = ("robopolicy", "torch", "numpy", "mujoco", "metaworld", "robosuite", "diffusers", "zarr", "gymnasium")
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
 
 def merged(folders: list[Path]) -> tuple[dict, list[dict]]:
     """(run meta of the first folder, every episode record of all of them, deduplicated)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robopolicy.acting import Acting
 from robopolicy.data.windows import History, Window
 from robopolicy.serve.frames import FrameCache, attach_features, frame_cache
 
@@ -152,19 +153,18 @@ class EnvDied(RuntimeError):
     """A slot's env process died (a MuJoCo error, a segfault); the episode it ran did not finish."""
 
 
-def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
+def run_episodes(policy, slots: list, seeds: Iterable[int], acting: Acting = Acting(),
                  on_episode: Callable[[Episode], None] | None = None, keep: bool = False,
                  restart: Callable[[int], object] | None = None, retries: int = 1,
-                 execute: int | None = None, inpaint_past: bool = False, retry_above: float | None = None,
-                 refine_above: float | None = None,
+                 execute: int | None = None,
                  window_of: Callable[[History, list[str]], Window] | None = None) -> list[Episode]:
-    """Run one episode per seed on ``slots`` (LocalEnv or WorkerEnv), ``k`` candidates per chunk, ``execute``
+    """Run one episode per seed on ``slots`` (LocalEnv or WorkerEnv), acting as ``acting`` says, ``execute``
     actions of each chunk (default: the policy's Ta). Returns the episodes in the order they finished,
     calling ``on_episode`` as each does; ``keep``: episodes keep their executed actions and observations
     (``Episode.actions``, ``Episode.observations``). A slot whose env dies
     (EnvDied) is replaced by ``restart(slot_index)`` and its episode rerun from the start, up to
     ``retries`` times; then the episode counts as a failure with an error. Without ``restart`` the
-    error propagates. ``retry_above``, ``refine_above``: the verifier's score acted on (``Policy.act``).
+    error propagates.
     ``window_of(history, obs_keys)``: what the policy is shown of an episode (default ``History.window``); an
     experiment that shows the policy an altered history passes its own (benchmarks/noptp_stall.py)."""
     queue = [int(s) for s in seeds][::-1]  # pop() takes the next seed
@@ -233,8 +233,7 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
         t0 = time.perf_counter()
         if running[active[0]].cache is not None:  # a long image window re-encodes only its newest frames
             attach_features(policy, windows, [running[i].cache for i in active])
-        chunks = policy.act(windows, k=k, generators=[running[i].generator for i in active],
-                            inpaint_past=inpaint_past, retry_above=retry_above, refine_above=refine_above)
+        chunks = policy.act(windows, acting, generators=[running[i].generator for i in active])
         share = (time.perf_counter() - t0) * 1000 / len(active)  # each row's share of the batched call
         todo = {i: chunk.plan[:execute] if execute else chunk.actions for i, chunk in zip(active, chunks)}
         for i, chunk in zip(active, chunks):
@@ -268,13 +267,13 @@ def run_episodes(policy, slots: list, seeds: Iterable[int], k: int = 1,
     return done
 
 
-def rollout(policy, env, seed: int, k: int = 1) -> bool:
-    """One episode in ``env``; ``k`` > 1 samples k candidates per chunk and executes the verifier's pick."""
-    return run_episodes(policy, [LocalEnv(env)], [seed], k=k)[0].success
+def rollout(policy, env, seed: int, acting: Acting = Acting()) -> bool:
+    """One episode in ``env``; ``acting.k`` > 1 samples k candidates per chunk and executes the verifier's pick."""
+    return run_episodes(policy, [LocalEnv(env)], [seed], acting)[0].success
 
 
 def rollouts(policy, task: str, seeds, obs: str = "state", image_size: int | None = None,
-             progress: bool = False, k: int = 1) -> list[bool]:
+             progress: bool = False, acting: Acting = Acting()) -> list[bool]:
     """Success of one rollout per seed (sampling noise seeded by the seed, so reruns agree), in seed order."""
     from tqdm import tqdm
 
@@ -285,7 +284,7 @@ def rollouts(policy, task: str, seeds, obs: str = "state", image_size: int | Non
     seeds = [int(s) for s in seeds]
     bar = tqdm(total=len(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
     try:
-        episodes = run_episodes(policy, [slot], seeds, k=k, on_episode=lambda e: bar.update(1))
+        episodes = run_episodes(policy, [slot], seeds, acting, on_episode=lambda e: bar.update(1))
     finally:
         bar.close()
         slot.close()
@@ -293,5 +292,6 @@ def rollouts(policy, task: str, seeds, obs: str = "state", image_size: int | Non
     return [won[s] for s in seeds]
 
 
-def success_rate(policy, task: str, seeds, obs: str = "state", image_size: int | None = None, k: int = 1) -> float:
-    return float(np.mean(rollouts(policy, task, seeds, obs=obs, image_size=image_size, k=k)))
+def success_rate(policy, task: str, seeds, obs: str = "state", image_size: int | None = None,
+                 acting: Acting = Acting()) -> float:
+    return float(np.mean(rollouts(policy, task, seeds, obs=obs, image_size=image_size, acting=acting)))

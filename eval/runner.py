@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from robopolicy.acting import Acting
+from robopolicy.checkpoints import checkpoint_folder, checkpoint_hash, find_checkpoint
 from robopolicy.errors import ConfigError
 from robopolicy.eval.suite import Suite
-from robopolicy.policy import checkpoint_hash
 
 RECORDS = "episodes.jsonl"
 
@@ -78,35 +78,12 @@ class Plan:
 
     suite: Suite
     checkpoints: dict[str, Path]  # task -> checkpoint folder
-    k: int = 1
-    inpaint_past: bool = False  # Policy.act's experiment: the executed past inpainted at the past tokens
-    retry_above: float | None = None  # Policy.act: draw a chunk again when its best score is above this
-    refine_above: float | None = None  # Policy.act: optimize a chunk further when its best score is above this
+    acting: Acting = Acting()  # how the policy acts (K, the score acted on, inpainting): as a server would
     shard: tuple[int, int] = (0, 1)
 
     def seeds(self, task: str) -> list[int]:
         i, n = self.shard
         return self.suite.seed_list(task)[i::n]
-
-
-def checkpoint_folder(path: str | Path) -> Path | None:
-    """A policy folder, or a run folder's ``policy/`` (its final EMA weights); None when neither."""
-    for candidate in (Path(path), Path(path) / "policy"):
-        if (candidate / "model.safetensors").is_file():
-            return candidate
-    return None
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """checkpoint_folder, or one ConfigError saying whether ``path`` is missing or holds no policy."""
-    folder = checkpoint_folder(path)
-    if folder is None:
-        if not Path(path).exists():
-            raise ConfigError(f"{path}: does not exist; pass the run folder `robopolicy train` wrote (or its "
-                              "policy/)")
-        raise ConfigError(f"{path}: not a policy checkpoint (no model.safetensors, nor in policy/); pass the "
-                          "folder `robopolicy train` wrote")
-    return folder
 
 
 def resolve_checkpoints(suite: Suite, checkpoint: str | None, checkpoints: str | None) -> dict[str, Path]:
@@ -131,25 +108,39 @@ def resolve_checkpoints(suite: Suite, checkpoint: str | None, checkpoints: str |
     return out
 
 
+def checkpoint_suite(source: str | Path, task: str | None = None, obs: str | None = None, **overrides) -> Suite:
+    """A one-task suite for a checkpoint: the task it was trained on and the observations it reads, unless
+    given (its task.json says where it was trained)."""
+    from robopolicy.eval.suite import task_suite
+    from robopolicy.policy import Policy
+
+    if task is None or obs is None:
+        policy = Policy.load(find_checkpoint(source))
+        task = task or (policy.task or {}).get("task")
+        if task is None:
+            raise ConfigError(f"{source} does not say which task it was trained on (its store named no env): "
+                              "pass --task T")
+        obs = obs or policy.observations
+    return task_suite(task, obs, **overrides)
+
+
 def run_meta(plan: Plan, hashes: dict[str, str], act_batch: int, specs: dict[str, dict]) -> dict:
-    from robopolicy.eval.report import versions
+    from robopolicy import provenance
 
     return {"env_specs": specs, "suite": plan.suite.name, "suite_fingerprint": plan.suite.fingerprint(),
             "suite_body": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(plan.suite).items()},
-            "seeds_kind": plan.suite.seeds, "k": plan.k, "inpaint_past": plan.inpaint_past, "act_batch": act_batch,
-            "retry_above": plan.retry_above, "refine_above": plan.refine_above, "shard": list(plan.shard),
+            "seeds_kind": plan.suite.seeds, **asdict(plan.acting), "act_batch": act_batch, "shard": list(plan.shard),
             "checkpoints": {t: str(p) for t, p in plan.checkpoints.items()}, "checkpoint_hashes": hashes,
             "weights": "the final EMA weights of each run (policy/), never the best of several checkpoints",
-            "versions": versions(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}"}
+            "versions": provenance.versions(), "machine": provenance.machine(node=True)}
 
 
-COMPARABLE = ("suite_fingerprint", "seeds_kind", "k", "inpaint_past", "act_batch", "checkpoint_hashes", "retry_above",
-              "refine_above")
+COMPARABLE = ("suite_fingerprint", "seeds_kind", "act_batch", "checkpoint_hashes", *(f.name for f in fields(Acting)))
 
 
 def comparable(a: dict, b: dict) -> list[str]:
     """The fields on which two runs differ that make their episodes incomparable."""
-    missing = {"inpaint_past": False, "retry_above": None, "refine_above": None}  # what runs before the fields meant
+    missing = asdict(Acting())  # runs made before an acting option was recorded ran with its default
     return [f for f in COMPARABLE if a.get(f, missing.get(f)) != b.get(f, missing.get(f))]
 
 
@@ -185,15 +176,15 @@ def evaluate(plan: Plan, out: str | Path, workers: int = 1, device: str = "auto"
     from tqdm import tqdm
 
     from robopolicy import envs
+    from robopolicy.device import choose as choose_device
     from robopolicy.policy import ACT_BATCH, Policy
-    from robopolicy.train.trainer import _device
 
     out = Path(out)
     make_env = make_env or envs.make_from_spec
     act_batch = act_batch or ACT_BATCH
-    if workers < 1 or plan.k < 1:
-        raise ConfigError(f"--workers and --samples must be >= 1, got {workers} and {plan.k}")
-    policies = {t: Policy.load(p, map_location=str(_device(device))) for t, p in plan.checkpoints.items()}
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    policies = {t: Policy.load(p, map_location=str(choose_device(device))) for t, p in plan.checkpoints.items()}
     hashes = {t: checkpoint_hash(p) for t, p in plan.checkpoints.items()}
     specs = {t: env_spec_for(policies[t], t, plan.suite.obs) for t in plan.suite.tasks}
     # every check before any rollout: a bad checkpoint for the 5th task of a suite fails now, not in an hour
@@ -277,9 +268,8 @@ def _run_task(plan: Plan, task: str, policy, spec: dict, seeds: list[int], worke
     try:
         for _ in range(min(workers, len(seeds))):
             slots.append(start())
-        run_episodes(policy, slots, seeds, k=plan.k, on_episode=on_episode, keep=True, restart=restart,
-                     execute=plan.suite.execute, inpaint_past=plan.inpaint_past, retry_above=plan.retry_above,
-                     refine_above=plan.refine_above)
+        run_episodes(policy, slots, seeds, acting=plan.acting, on_episode=on_episode, keep=True, restart=restart,
+                     execute=plan.suite.execute)
     finally:
         for slot in slots:
             slot.close()

@@ -10,10 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from robopolicy.errors import ConfigError
-from robopolicy.heads.diffusion import DiffusionHeadConfig
-from robopolicy.heads.ebt import EBTHeadConfig
-from robopolicy.heads.ptp import PTPHeadConfig
-from robopolicy.models.encoders import EncoderConfig
+from robopolicy.heads.config import DiffusionHeadConfig, EBTHeadConfig, PTPHeadConfig
+from robopolicy.models.config import EncoderConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -62,7 +60,7 @@ class TrainConfig:
 
 @dataclass
 class PolicyConfig:
-    head: str = "diffusion"  # "diffusion", "ptp" or "ebt"; each reads its own section below
+    head: str = "diffusion"  # a head of robopolicy.heads.HEADS ("diffusion", "ptp", "ebt"): it reads its section below
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     freeze_encoder: bool = False  # set by training on cached embeddings: the encoder that made them, frozen
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)

@@ -7,27 +7,23 @@ Loading is strict: a missing, unexpected or differently shaped tensor is one Con
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from robopolicy import verify
+from robopolicy import heads, verify
+from robopolicy.acting import Acting
 from robopolicy.config import Config, load_config
-from robopolicy.data.embeddings import EMBEDDING_KEY
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
 from robopolicy.data.windows import History, Window, WindowSpec
 from robopolicy.errors import ConfigError
-from robopolicy.heads import Known
-from robopolicy.heads.diffusion import DiffusionHead
-from robopolicy.heads.ebt import EBTHead
-from robopolicy.heads.ptp import PTPHead
+from robopolicy.heads.sampling import Known
 from robopolicy.models.encoders import ObsEncoder
 
 ACT_BATCH = 8  # windows per network call when acting (padded): fixed, and a multiple of 8 rows (the CPU kernels
@@ -46,20 +42,6 @@ class ActionChunk:
     refined: bool = False  # given more optimization steps (``refine_above``: its score was above the threshold)
 
 
-def checkpoint_hash(folder: str | Path) -> str:
-    """What identifies a checkpoint in evaluation records and a server's metadata: its files' sha256."""
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "config.yaml", "schema.json", "task.json"):
-        if (Path(folder) / name).is_file():
-            h.update((Path(folder) / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def weights_hash(folder: str | Path) -> str:
-    """The weights' sha256 alone: the same policy even where its config file gained a field since."""
-    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()[:16]
-
-
 def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
     keys = cfg.data.obs_keys or [k for k, f in schema.items() if f.is_image] + ["state"]
     missing = [k for k in keys if k not in schema]
@@ -69,17 +51,13 @@ def obs_keys_of(cfg: Config, schema: dict[str, Field]) -> list[str]:
 
 
 PAST_ACT = "past_act"
+EMBEDDING_KEY = "embedding"  # a batch's cached per-frame features (embeddings.py): the encoder does not run
 
 
-def build_head(cfg: Config, action_dim: int, cond_dim: int) -> nn.Module:
+def build_head(cfg: Config, action_dim: int, cond_dim: int) -> heads.Head:
     """The head ``cfg.policy.head`` names, built from its own config section (policy.diffusion, .ptp, .ebt)."""
-    heads = {"diffusion": lambda: DiffusionHead(action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim,
-                                                cfg.policy.diffusion),
-             "ptp": lambda: PTPHead(action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim, cfg.policy.ptp),
-             "ebt": lambda: EBTHead(action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim, cfg.policy.ebt)}
-    if cfg.policy.head not in heads:
-        raise ConfigError(f"unknown head {cfg.policy.head!r}; available: {', '.join(heads)}")
-    return heads[cfg.policy.head]()
+    section = getattr(cfg.policy, cfg.policy.head, None)
+    return heads.build(cfg.policy.head, section, action_dim, cfg.data.horizon, cfg.data.n_obs, cond_dim)
 
 
 class Policy(nn.Module):
@@ -134,42 +112,41 @@ class Policy(nn.Module):
         return out
 
     @property
+    def observations(self) -> str:
+        """"image" when it reads a camera, else "state": what an env must render for it."""
+        return "image" if any(self.schema[k].is_image for k in self.obs_keys) else "state"
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def history(self) -> History:
         """An empty episode history with this policy's window geometry (the one it was trained with)."""
-        d = self.cfg.data
-        return History(WindowSpec(d.n_obs, d.horizon, d.stride), self.action_dim)
+        return History(WindowSpec.of(self.cfg.data), self.action_dim)
 
     @torch.no_grad()
-    def act(self, windows: Sequence[Window], k: int = 1, generators: Sequence[torch.Generator] | None = None,
-            act_batch: int = ACT_BATCH, retry_above: float | None = None, retries: int = 1,
-            inpaint_past: bool = False, refine_above: float | None = None, refine_steps: int = 4
-            ) -> list[ActionChunk]:
+    def act(self, windows: Sequence[Window], acting: Acting = Acting(),
+            generators: Sequence[torch.Generator] | None = None, act_batch: int = ACT_BATCH) -> list[ActionChunk]:
         """The next Ta actions for each window (``History.window()``): a batch of rows, each with its own
         generator, each getting exactly what it would get alone (bit for bit): the networks always run on
         ``act_batch`` rows (padded), since CPU kernels change their arithmetic with the batch size.
 
-        Per row, ``verify.method`` says whether there is evidence to choose among ``k`` candidates (the
-        head's scores, the predicted past against ``actions_at_past_frames``, or coherence with
-        ``queued``); with it the best of k is executed, without it one candidate is sampled. A window with
-        ``committed`` > 0 (real-time chunking) gets a chunk that starts with its first ``committed`` queued
-        actions exactly (the heads' known actions), the rest generated to follow on from them.
+        Per row, ``verify.method`` says whether there is evidence to choose among ``acting.k`` candidates (the
+        head's scores, the predicted past against ``actions_at_past_frames``, or coherence with ``queued``);
+        with it the best of k is executed, without it one candidate is sampled. A window with ``committed`` > 0
+        (real-time chunking) gets a chunk that starts with its first ``committed`` queued actions exactly (the
+        heads' known actions), the rest generated to follow on from them.
 
-        ``retry_above`` (off by default): the verifier's score as live uncertainty acted on. A row whose
-        best candidate scores above it (EBT: its energy) draws K new candidates, up to ``retries`` times,
-        continuing its own generator, and executes the best candidate of all draws.
-
-        ``refine_above`` (off by default): dynamic compute, for heads that can continue their own
-        optimization (``refines``; EBT). A row whose best candidate scores above it has all its candidates
-        optimized ``refine_steps`` steps more, from where they stand, before the verifier picks; confident
-        rows cost nothing extra. Applied before ``retry_above``.
-
-        ``inpaint_past`` (an experiment, off by default): the chunk's past tokens 0..To-2 are known actions,
-        the ones executed at the past frames (``actions_at_past_frames``), so the future is denoised around
-        the true past, as in training, where the future tokens attended to noised true past actions (the
-        no-PTP mechanism question of the results issue)."""
+        ``acting`` (robopolicy/acting.py; the server and evaluation pass theirs through unchanged):
+        ``retry_above``: a row whose best candidate scores above it (EBT: its energy) draws K new candidates, up
+        to ``retries`` times, continuing its own generator, and executes the best candidate of all draws.
+        ``refine_above``: for heads that refine (``capabilities.refines``; EBT), a row whose best candidate
+        scores above it has all its candidates optimized ``refine_steps`` steps more, from where they stand,
+        before the verifier picks; confident rows cost nothing extra. Applied before ``retry_above``.
+        ``inpaint_past`` (an experiment): the chunk's past tokens 0..To-2 are known actions, the ones executed
+        at the past frames (``actions_at_past_frames``), so the future is denoised around the true past, as in
+        training, where the future tokens attended to noised true past actions (the no-PTP mechanism question
+        of the results issue)."""
         if self.training:
             raise ConfigError("Policy.act needs eval mode (policy.eval()): training mode random-crops and "
                               "drops out")
@@ -180,8 +157,9 @@ class Policy(nn.Module):
         for w in windows:
             self.check_window(w)
         evidence = [self._evidence(w) for w in windows]
-        how = [verify.method(self.head, e) for e in evidence]
+        how = [verify.method(self.head.capabilities, e) for e in evidence]
         chunks: list[ActionChunk | None] = [None] * len(windows)
+        k = acting.k
         for kk in sorted({k if h else 1 for h in how}):
             rows = [i for i, h in enumerate(how) if (k if h else 1) == kk]
             for lo in range(0, len(rows), act_batch):
@@ -189,16 +167,16 @@ class Policy(nn.Module):
                 padded = part + [part[-1]] * (act_batch - len(part))  # padding rows draw from spare generators
                 gens = [generators[i] for i in part] + [torch.Generator().manual_seed(0)
                                                         for _ in range(act_batch - len(part))]
-                known = self._known([windows[i] for i in padded], inpaint_past)
+                known = self._known([windows[i] for i in padded], acting.inpaint_past)
                 extra = {"known": known} if known else {}
                 cond = self.condition(self._obs_batch([windows[i] for i in padded]))
                 candidates, info = self.head.sample(cond, k=kk, generators=gens, **extra)
                 refined = torch.zeros(len(padded), dtype=torch.bool)
-                if refine_above is not None and getattr(self.head, "refines", False):
-                    refined = info["scores"].amin(dim=1).cpu() > refine_above
+                if acting.refine_above is not None and self.head.capabilities.refines:
+                    refined = info["scores"].amin(dim=1).cpu() > acting.refine_above
                     if refined[: len(part)].any():  # every padded row runs (batch invariance), unsure ones keep it
                         more, more_info = self.head.sample(cond, k=kk, generators=gens, init=candidates,
-                                                           steps=refine_steps, **extra)
+                                                           steps=acting.refine_steps, **extra)
                         pick = refined.to(candidates.device)
                         candidates = torch.where(pick[:, None, None, None], more, candidates)
                         info = {key: torch.where(pick[:, None], more_info[key], value)
@@ -206,11 +184,11 @@ class Policy(nn.Module):
                 for j, i in enumerate(part):
                     chunks[i] = self._chunk(windows[i], candidates, info, j, evidence[i], how[i])
                     chunks[i].refined = bool(refined[j])
-        if retry_above is not None and retries > 0:
-            unsure = [i for i, c in enumerate(chunks) if c.scores is not None and c.scores.min() > retry_above]
+        if acting.retry_above is not None and acting.retries > 0:
+            unsure = [i for i, c in enumerate(chunks) if c.scores is not None and c.scores.min() > acting.retry_above]
             if unsure:
-                again = self.act([windows[i] for i in unsure], k, [generators[i] for i in unsure], act_batch,
-                                 retry_above, retries - 1, inpaint_past, refine_above, refine_steps)
+                again = self.act([windows[i] for i in unsure], replace(acting, retries=acting.retries - 1),
+                                 [generators[i] for i in unsure], act_batch)
                 for i, c in zip(unsure, again):
                     first = chunks[i]
                     if c.scores.min() < first.scores.min():

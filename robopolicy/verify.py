@@ -8,14 +8,16 @@ The evidence, in the order it is used (the first one a row has decides; lower sc
 3. coherence with the previous chunk: MSE between a candidate and the previous chunk's actions still
    queued, aligned by timestep (Bidirectional Decoding's backward coherence): heads with neither.
 A row without evidence gets one candidate (sampling K would buy nothing); with evidence, the best of K.
-Heads declare what they can report (``self_scores``, ``predicts_past``), so the verifier never asks
-which head it holds.
+Heads declare what they can report (``head.capabilities``: ``self_scores``, ``predicts_past``), so the verifier
+never asks which head it holds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from robopolicy.heads import Capabilities
 
 
 @dataclass
@@ -26,11 +28,11 @@ class Evidence:
     queued: torch.Tensor | None = None  # (L, Da): the previous chunk's actions due from now on
 
 
-def method(head, evidence: Evidence) -> str | None:
-    """Which evidence decides this row: "energy"/"score", "past", "coherence", or None."""
-    if getattr(head, "self_scores", False):
+def method(capabilities: Capabilities, evidence: Evidence) -> str | None:
+    """Which evidence decides this row: "score", "past", "coherence", or None."""
+    if capabilities.self_scores:
         return "score"
-    if getattr(head, "predicts_past", False):  # until the history reaches back to the first frame: nothing
+    if capabilities.predicts_past:  # until the history reaches back to the first frame: nothing
         return "past" if evidence.executed_past is not None else None
     if evidence.queued is not None and len(evidence.queued):
         return "coherence"

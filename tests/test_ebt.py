@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import fit_one_chunk
+from robopolicy.acting import Acting
 from robopolicy.config import load_config
 from robopolicy.data.store import DemoStore
 from robopolicy.errors import ConfigError
@@ -523,7 +524,7 @@ def test_check18_the_policy_executes_the_candidate_of_lowest_final_energy():
 
     policy, data = _tiny_ebt_policy()
     window = {"state": data["state"][:2]}
-    chunk = policy.act([Window(window)], k=6, generators=[torch.Generator().manual_seed(3)])[0]
+    chunk = policy.act([Window(window)], acting=Acting(k=6), generators=[torch.Generator().manual_seed(3)])[0]
     with torch.no_grad():
         cond = policy.condition({k: v[None] for k, v in policy.normalized_obs(window).items()})
     candidates, info = policy.head.sample(cond, 6, torch.Generator().manual_seed(3))
@@ -547,14 +548,14 @@ def test_a_high_energy_draws_again_and_keeps_the_best_of_both_and_only_when_aske
 
     def gens():
         return [torch.Generator().manual_seed(s) for s in (3, 4)]
-    plain = policy.act(windows, k=3, generators=gens())
-    never = policy.act(windows, k=3, generators=gens(), retry_above=1e9)
+    plain = policy.act(windows, acting=Acting(k=3), generators=gens())
+    never = policy.act(windows, acting=Acting(k=3, retry_above=1e9), generators=gens())
     assert all(np.array_equal(a.plan, b.plan) and b.retried == 0 for a, b in zip(plain, never))
     # the second draw alone: the generators continued past the first draw
     g = gens()
-    policy.act(windows, k=3, generators=g)
-    second = policy.act(windows, k=3, generators=g)
-    always = policy.act(windows, k=3, generators=gens(), retry_above=-1e9)
+    policy.act(windows, acting=Acting(k=3), generators=g)
+    second = policy.act(windows, acting=Acting(k=3), generators=g)
+    always = policy.act(windows, acting=Acting(k=3, retry_above=-1e9), generators=gens())
     for first, again, got in zip(plain, second, always):
         assert got.retried == 1
         want = again if again.scores.min() < first.scores.min() else first
@@ -562,7 +563,7 @@ def test_a_high_energy_draws_again_and_keeps_the_best_of_both_and_only_when_aske
     assert any(not np.array_equal(a.plan, b.plan) for a, b in zip(plain, second))
     # a threshold between the rows' energies retries only the unsure row
     e0, e1 = (float(c.scores.min()) for c in plain)
-    mid = policy.act(windows, k=3, generators=gens(), retry_above=(e0 + e1) / 2)
+    mid = policy.act(windows, acting=Acting(k=3, retry_above=(e0 + e1) / 2), generators=gens())
     unsure = int(e1 > e0)
     assert mid[unsure].retried == 1 and mid[1 - unsure].retried == 0
     assert np.array_equal(mid[1 - unsure].plan, plain[1 - unsure].plan)
@@ -579,12 +580,12 @@ def test_a_high_energy_gets_more_optimization_steps_and_only_that_row():
 
     def gens():
         return [torch.Generator().manual_seed(s) for s in (3, 4)]
-    plain = policy.act(windows, k=3, generators=gens())
+    plain = policy.act(windows, acting=Acting(k=3), generators=gens())
     assert all(np.array_equal(a.plan, b.plan) and not b.refined
-               for a, b in zip(plain, policy.act(windows, k=3, generators=gens(), refine_above=1e9)))
+               for a, b in zip(plain, policy.act(windows, acting=Acting(k=3, refine_above=1e9), generators=gens())))
     e0, e1 = (float(c.scores.min()) for c in plain)
     unsure = int(e1 > e0)
-    mid = policy.act(windows, k=3, generators=gens(), refine_above=(e0 + e1) / 2, refine_steps=5)
+    mid = policy.act(windows, acting=Acting(k=3, refine_above=(e0 + e1) / 2, refine_steps=5), generators=gens())
     assert mid[unsure].refined and not mid[1 - unsure].refined
     assert np.array_equal(mid[1 - unsure].plan, plain[1 - unsure].plan)
     # the unsure row's chunk is the continuation of its own first candidates, 5 steps on

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import run_cli
+from robopolicy import embeddings
+from robopolicy.acting import Acting
 from robopolicy.config import load_config
-from robopolicy.data import embeddings
 from robopolicy.data.store import DemoStore
 from robopolicy.data.windows import Window
 from robopolicy.errors import ConfigError, StoreError
@@ -196,6 +197,6 @@ def test_ptp_and_ebt_train_on_images_end_to_end_then_on_their_cache(stage1, tmp_
     rng = np.random.default_rng(2)
     window = {"cam_image": rng.integers(0, 255, (n_obs, IMAGE, IMAGE, 3), dtype=np.uint8),
               "state": rng.normal(size=(n_obs, 5)).astype(np.float32)}
-    chunk = policy.act([Window(window)], k=3, generators=[torch.Generator().manual_seed(0)])[0]
+    chunk = policy.act([Window(window)], acting=Acting(k=3), generators=[torch.Generator().manual_seed(0)])[0]
     assert chunk.actions.shape == (policy.cfg.data.n_action_steps, 3) and np.all(np.isfinite(chunk.actions))
     assert chunk.scores is None or len(chunk.scores) == 3

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+from robopolicy.acting import Acting
 from robopolicy.errors import ConfigError
 
 EPISODES = 8
@@ -30,7 +31,7 @@ def _plan(run, episodes=EPISODES, k=1, shard=(0, 1), **suite):
     from robopolicy.eval.suite import task_suite
 
     s = task_suite("reach", episodes=episodes, **suite)
-    return Plan(s, resolve_checkpoints(s, str(run), None), k=k, shard=shard)
+    return Plan(s, resolve_checkpoints(s, str(run), None), acting=Acting(k=k), shard=shard)
 
 
 def _results(folder):
@@ -190,6 +191,7 @@ def test_training_rolls_out_every_n_steps_into_tensorboard(tmp_path):
     validation loss at the checkpoints they make)."""
     from robopolicy.collect import collect
     from robopolicy.config import load_config
+    from robopolicy.eval.training import PeriodicRollouts
     from robopolicy.train.trainer import train
 
     store, _, _ = collect("reach", 10, tmp_path / "reach.zarr", progress=False)  # 1 held out
@@ -197,7 +199,7 @@ def test_training_rolls_out_every_n_steps_into_tensorboard(tmp_path):
     cfg = load_config("diffusion", ["train.steps=20", "train.log_every=10", "data.batch_size=16",
                                     "policy.diffusion.down_dims=[16,32]", "eval.every=10", "eval.suite=smoke",
                                     "eval.episodes=1", "eval.workers=1"])
-    train(cfg, tmp_path / "reach.zarr", tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "reach.zarr", tmp_path / "run", progress=False, rollouts=PeriodicRollouts(cfg))
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_success" in r]
     assert [r["step"] for r in evals] == [10, 20] and all(set(r["eval_success"]) == {"reach"} for r in evals)

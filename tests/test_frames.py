@@ -80,7 +80,7 @@ def test_the_cache_keeps_the_most_recently_used_frames():
 
 def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path):
     from conftest import InProcessServer
-    from robopolicy.serve import protocol
+    from robopolicy.serve import protocol, service
     from robopolicy.serve.client import PolicyClient
 
     policy, store = _image_policy(tmp_path)
@@ -96,7 +96,7 @@ def test_through_the_server_each_connection_encodes_only_its_new_frames(tmp_path
         expected = policy.act([Window(dict(windows[-1].obs), windows[-1].t, windows[-1].actions_before_frames,
                                       windows[-1].actions_at_past_frames,
                                       features=policy.frame_features(dict(windows[-1].obs)))],
-                              generators=[protocol.generator(None, 0)])[0]
+                              generators=[service.generator(None, 0)])[0]
         assert np.array_equal(reply["plan"], expected.plan.astype(np.float32))
         first.close()
         second.close()

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from robopolicy.heads import Known
+from robopolicy.acting import Acting
 from robopolicy.heads.diffusion import DiffusionHead, DiffusionHeadConfig
 from robopolicy.heads.ebt import EBTHead, EBTHeadConfig
 from robopolicy.heads.ptp import PTPHead, PTPHeadConfig
+from robopolicy.heads.sampling import Known
 
 H, TO, DA = 8, 2, 2
 
@@ -161,7 +162,7 @@ def test_ptp_keeps_its_past_free_so_verification_still_tells_candidates_apart():
                     committed=2)
     known = policy._known([window])
     assert known.mask[0].nonzero().flatten().tolist() == [3, 4]  # tokens To-1, To: the committed queue only
-    chunk = policy.act([window], k=4, generators=[torch.Generator().manual_seed(0)])[0]
+    chunk = policy.act([window], acting=Acting(k=4), generators=[torch.Generator().manual_seed(0)])[0]
     assert chunk.method == "past" and np.array_equal(chunk.plan[:2], queued[:2])
     assert len(set(np.round(chunk.scores, 9).tolist())) == 4 and (chunk.scores > 1e-6).all()
 
@@ -190,9 +191,9 @@ def test_the_loop_with_rtc_gets_chunks_that_start_with_the_queue_it_keeps(reach_
     them as queued, and no action is dropped or starved."""
     from robopolicy import envs
     from robopolicy.policy import Policy
-    from robopolicy.serve.client import LocalLink
     from robopolicy.serve.loop import LoopConfig
     from robopolicy.serve.run import run
+    from robopolicy.serve.service import LocalLink
 
     policy = Policy.load(reach_run / "policy").eval()
     seen = []
@@ -247,8 +248,8 @@ def test_inpainting_the_executed_past_is_an_experiment_the_policy_runs_on_reques
 
     def act(w, **kw):
         return policy.act([w], generators=[torch.Generator().manual_seed(1)], **kw)[0].plan
-    assert not np.array_equal(act(full, inpaint_past=True), act(full))  # the true past shapes the future
-    assert np.array_equal(act(start, inpaint_past=True), act(start))
+    assert not np.array_equal(act(full, acting=Acting(inpaint_past=True)), act(full))  # the true past shapes the future
+    assert np.array_equal(act(start, acting=Acting(inpaint_past=True)), act(start))
     from robopolicy.eval.runner import comparable
     assert comparable({"k": 1}, {"k": 1, "inpaint_past": False}) == []  # runs recorded before the field resume
     assert comparable({"k": 1}, {"k": 1, "inpaint_past": True}) == ["inpaint_past"]
@@ -292,7 +293,7 @@ def test_the_policy_hands_the_committed_actions_to_the_head_and_the_server_does_
     rules it out: with the same noise, other committed values give other free actions, through Policy.act and
     through a real server on loopback (which must return what Policy.act returns)."""
     from conftest import InProcessServer
-    from robopolicy.serve import protocol
+    from robopolicy.serve import protocol, service
     from robopolicy.serve.client import PolicyClient
 
     policy = _policy(head)
@@ -300,7 +301,7 @@ def test_the_policy_hands_the_committed_actions_to_the_head_and_the_server_does_
     queues = [rng.uniform(-0.8, 0.8, (H - 1, DA)).astype(np.float32) for _ in range(2)]
 
     def act(queued, committed):
-        return policy.act([_rtc_window(queued, committed)], generators=[protocol.generator(None, 5)])[0].plan
+        return policy.act([_rtc_window(queued, committed)], generators=[service.generator(None, 5)])[0].plan
     a, b = act(queues[0], 2), act(queues[1], 2)
     assert np.array_equal(a[:2], queues[0][:2]) and np.array_equal(b[:2], queues[1][:2])
     assert np.abs(a[2:] - b[2:]).max() > 1e-3, "the free actions ignore the committed ones"

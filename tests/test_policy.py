@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from robopolicy.acting import Acting
 from robopolicy.config import load_config, shipped_configs
 from robopolicy.data.store import DemoStore
 from robopolicy.data.windows import Window
@@ -196,9 +197,9 @@ def test_acting_on_a_batch_gives_each_row_exactly_what_it_gets_alone(tmp_path, n
                  "queued": rng.uniform(-1, 1, (5, 3)).astype(np.float32)}]
     windows = [Window({k: store.read(k, i, i + To) for k in policy.obs_keys}, t=i, **evidence[i]) for i in range(5)]
     seeds = [11, 12, 13, 14, 15]
-    together = policy.act(windows, k=3, generators=[torch.Generator().manual_seed(s) for s in seeds])
+    together = policy.act(windows, acting=Acting(k=3), generators=[torch.Generator().manual_seed(s) for s in seeds])
     for i in range(5):
-        alone = policy.act([windows[i]], k=3, generators=[torch.Generator().manual_seed(seeds[i])])[0]
+        alone = policy.act([windows[i]], acting=Acting(k=3), generators=[torch.Generator().manual_seed(seeds[i])])[0]
         assert np.array_equal(together[i].actions, alone.actions), i
         assert (alone.scores is None) == (together[i].scores is None) and alone.method == together[i].method
         if alone.scores is not None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import fit_one_chunk
+from robopolicy.acting import Acting
 from robopolicy.config import load_config
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import Field
@@ -155,7 +156,7 @@ def test_check11_self_verification_picks_the_candidate_whose_past_matches_the_ex
     obs = {"state": np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)}
     executed = np.random.default_rng(1).uniform(-1, 3, (3, DA)).astype(np.float32)  # env action space
     g = lambda: [torch.Generator().manual_seed(5)]  # noqa: E731
-    chunk = policy.act([Window(obs, 9, actions_at_past_frames=executed)], k=6, generators=g())[0]
+    chunk = policy.act([Window(obs, 9, actions_at_past_frames=executed)], acting=Acting(k=6), generators=g())[0]
     # the same call by hand: 6 candidates, independent noise, scored in normalized action space
     with torch.no_grad():
         cond = policy.condition({k: v[None] for k, v in policy.normalized_obs(obs).items()})
@@ -167,14 +168,14 @@ def test_check11_self_verification_picks_the_candidate_whose_past_matches_the_ex
     expected = policy.normalizer.unnormalize("action", candidates[0, chunk.chosen].numpy())[3:11]  # [To-1 : To-1+Ta]
     assert np.allclose(chunk.actions, expected, atol=1e-5)
     # without the executed past (history not full) there is nothing to verify with: one candidate, the baseline
-    plain = policy.act([Window(obs, 9)], k=6, generators=g())[0]
-    base = policy.act([Window(obs, 9)], k=1, generators=g())[0]
+    plain = policy.act([Window(obs, 9)], acting=Acting(k=6), generators=g())[0]
+    base = policy.act([Window(obs, 9)], acting=Acting(k=1), generators=g())[0]
     assert plain.scores is None and np.array_equal(plain.actions, base.actions)
     # N=1 reproduces the baseline exactly, same seed
-    one = policy.act([Window(obs, 9, actions_at_past_frames=executed)], k=1, generators=g())[0]
+    one = policy.act([Window(obs, 9, actions_at_past_frames=executed)], acting=Acting(k=1), generators=g())[0]
     assert np.array_equal(one.actions, base.actions)
     with pytest.raises(ConfigError, match="actions_at_past_frames must be"):
-        policy.act([Window(obs, 9, actions_at_past_frames=executed[:2])], k=2)
+        policy.act([Window(obs, 9, actions_at_past_frames=executed[:2])], acting=Acting(k=2))
 
 
 def test_check12_verification_compares_with_actions_at_the_subsampled_timestamps():

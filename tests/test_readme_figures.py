@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from robopolicy.errors import ConfigError
-from robopolicy.eval import readme_figures
+from robopolicy.results import figures as readme_figures
 
 BLOCK = readme_figures.MARK.format("benchmarks/readme/bench.md") + "\n" + readme_figures.END
 TEMPLATE = """`robopolicy bench thing` (`benchmarks/results/bench.json`): {{json|bench.json|runs.0.rate|.1f}} runs/s

@@ -11,8 +11,8 @@ from dataclasses import asdict
 import pytest
 
 from conftest import ROOT, run_cli
+from robopolicy import results
 from robopolicy.errors import ConfigError
-from robopolicy.eval import results
 
 
 def test_the_shipped_plan_loads_and_every_cell_builds_its_config():
@@ -107,8 +107,8 @@ def test_published_figures_are_quoted_under_their_own_table_with_their_source(tm
 def test_paired_rows_count_discordant_seeds():
     a = {"episodes": [{"seed": s, "success": w} for s, w in ((1, True), (2, True), (3, False), (4, True))]}
     b = {"episodes": [{"seed": s, "success": w} for s, w in ((1, False), (2, True), (3, True), (5, True))]}
-    assert results._paired(a, b) == "1 | 1 | 1 (3 seeds)"  # seed 4 and 5 are not shared: not counted
-    assert results._paired(a, None).startswith("pending")
+    assert results.paired(a, b) == "1 | 1 | 1 (3 seeds)"  # seed 4 and 5 are not shared: not counted
+    assert results.paired(a, None).startswith("pending")
 
 
 
@@ -155,7 +155,7 @@ def test_a_staged_cell_trains_stage_one_caches_and_trains_stage_two_on_the_cache
     assert set(parts) == {"s", "stage1", "cache", "stage2"} and all(parts[k] > 0 for k in parts)
     assert parts["s"] == artifact["train_wall_s"] == pytest.approx(parts["stage1"] + parts["cache"] + parts["stage2"])
     assert parts["stage1"] >= 1.2 and artifact["config"]["data"]["n_obs"] == 16  # stage 2's config
-    first = tmp_path / "work" / "runs" / "staged.stage1"
+    first = tmp_path / "work" / "runs" / "staged" / "stage1"
     assert any(json.loads(line).get("stopped") for line in (first / "log.jsonl").read_text().splitlines())
     # made again without its artifact: neither stage retrains (the budget-stopped stage 1 counts as done)
     (tmp_path / "cells" / "staged.json").unlink()
@@ -266,7 +266,7 @@ def test_the_repository_prose_is_generated_and_a_changed_figure_in_it_fails_the_
     plan = results.load_plan(ROOT / "benchmarks" / "results.yaml")
     assert results.check(plan, ROOT / "README.md") is None
     lines = (ROOT / "README.md").read_text().splitlines()
-    _, figures = results._generate(plan)
+    _, figures = results.generate(plan)
     # a figure of the no-PTP stall study, alone of its value on its line
     at, value, spec = next((at, v, s) for at, found in sorted(figures.items()) for v, s in found
                            if s.startswith("{{noptp_stall") and v.isdigit()

@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
+from robopolicy.acting import Acting
 from robopolicy.data.windows import History, WindowSpec
 from robopolicy.serve import protocol, wire
 
@@ -182,7 +183,7 @@ def test_health_answers_while_a_slow_chunk_is_in_flight(server, policy):
 
     client = PolicyClient(server.url)
     window = _window(policy, queued=True)  # queued actions: evidence, so all 64 candidates are sampled
-    slow = protocol.act_request(window, 1, k=64, seed=0)
+    slow = protocol.act_request(window, 1, acting=Acting(k=64), seed=0)
     result = {}
 
     def call():
@@ -212,7 +213,7 @@ def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_al
     clients = [PolicyClient(server.url) for _ in range(4)]
     windows = [_window(policy, seed=1_000_000 + i, steps=5 + i) for i in range(2)]
     unsure = _window(policy, steps=3, queued=True)  # sampled another way (K=2, retried): a call of its own
-    blocker = protocol.act_request(_window(policy, queued=True), 99, k=64, seed=0)
+    blocker = protocol.act_request(_window(policy, queued=True), 99, acting=Acting(k=64), seed=0)
     replies = {}
 
     def call(i, msg):
@@ -224,8 +225,8 @@ def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_al
     time.sleep(0.05)  # past the engine's 2 ms gather window: the blocker is computing, alone
     rest = [threading.Thread(target=call, args=(i + 1, protocol.act_request(w, i, seed=7 + i)))
             for i, w in enumerate(windows)]
-    rest.append(threading.Thread(target=call, args=(3, protocol.act_request(unsure, 5, k=2, seed=11,
-                                                                             retry_above=-1.0))))
+    rest.append(threading.Thread(target=call, args=(3, protocol.act_request(unsure, 5, Acting(k=2, retry_above=-1.0),
+                                                                                seed=11))))
     for th in rest:
         th.start()
     for th in [first, *rest]:
@@ -239,7 +240,7 @@ def test_requests_that_arrive_together_share_a_batch_and_each_equals_its_call_al
         assert np.array_equal(reply["actions"], alone.actions) and reply["id"] == i
     reply = replies[3]
     assert reply["server_timing"]["batch"] == 1 and reply["retried"] == 1 and reply["method"] == "coherence"
-    alone = policy.act([unsure], k=2, generators=[torch.Generator().manual_seed(11)], retry_above=-1.0)[0]
+    alone = policy.act([unsure], Acting(k=2, retry_above=-1.0), generators=[torch.Generator().manual_seed(11)])[0]
     assert np.array_equal(reply["actions"], alone.actions)
 
 
@@ -248,10 +249,10 @@ def test_run_applies_the_arms_per_tick_step_and_max_step_overrides_it(server, po
     """The sim arm's step is its task's (Meta-World: one unit per axis, two for the gripper); `--max-step`
     overrides it, every executed command respects it, and the report counts the clamped commands."""
     from robopolicy import envs
-    from robopolicy.serve.client import LocalLink
     from robopolicy.serve.clock import LockstepClock
     from robopolicy.serve.loop import ControlLoop, LoopConfig
     from robopolicy.serve.run import make_arm
+    from robopolicy.serve.service import LocalLink
 
     link = LocalLink(policy)
     clock = LockstepClock()
@@ -279,9 +280,9 @@ def test_stale_and_starved_ticks_count_as_misses(policy):
     """Lockstep, each reply 20 ticks after its request while a chunk plans 15 actions ahead: the queue runs
     dry 5 ticks per chunk, the arm holds, and every such tick is a miss though no tick woke late."""
     from robopolicy import envs
-    from robopolicy.serve.client import LocalLink
     from robopolicy.serve.loop import LoopConfig
     from robopolicy.serve.run import run, summary
+    from robopolicy.serve.service import LocalLink
 
     link = LocalLink(policy)
     period = 1 / link.metadata["control_hz"]
@@ -301,9 +302,9 @@ def test_run_checks_the_policy_against_the_robot_before_the_first_tick(server, p
     from robopolicy.data.store import Field
     from robopolicy.errors import ConfigError
     from robopolicy.policy import Policy
-    from robopolicy.serve.client import LocalLink
     from robopolicy.serve.loop import LoopConfig
     from robopolicy.serve.run import run
+    from robopolicy.serve.service import LocalLink
 
     r = run_cli("run", "--server", server.url, "--robot", "sim:cue-reach", "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "trained on 'reach'" in r.stderr and "--robot sim:reach" in r.stderr, r.stderr
@@ -428,7 +429,8 @@ def test_sigterm_lets_the_chunk_in_flight_finish_then_exits_cleanly(reach_run, p
     client = PolicyClient(s.url)
     result = {}
     th = threading.Thread(target=lambda: result.update(
-        reply=client.request(protocol.act_request(_window(policy, queued=True), 5, k=64, seed=0), timeout_s=120)))
+        reply=client.request(protocol.act_request(_window(policy, queued=True), 5, Acting(k=64), seed=0),
+                             timeout_s=120)))
     th.start()
     while s.health()["in_flight"] == 0:
         time.sleep(0.002)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robopolicy.config import DataConfig
 from robopolicy.data.loaders import (
     InMemoryWindows,
     NaiveWindows,
@@ -101,7 +102,7 @@ def run_data_bench(store: str | None = None, quick: bool = False, workers: int =
             image_keys = [k for k, f in s.schema.items() if f.is_image]
             low_dim = [k for k, f in s.schema.items() if not f.is_image and k not in ("action", "reward", "done")
                        and len(f.shape) == 1]
-            stats = Normalizer.fit(s.load(low_dim + ["action"]), {k: "minmax" for k in low_dim + ["action"]})
+            stats = Normalizer.for_policy(s.load(low_dim + ["action"]), low_dim, "action", DataConfig().obs_min_span)
             print(f"store {path}: {s.n_episodes} episodes, {s.n_frames} frames, "
                   f"images {[(k, s.schema[k].shape) for k in image_keys]}, {s.size_on_disk() / 1e6:.1f} MB on disk")
             rows = []

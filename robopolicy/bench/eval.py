@@ -22,20 +22,14 @@ SMALL = ["policy.diffusion.down_dims=[32,64,128]", "data.batch_size=32", "train.
 
 
 def _policy(out: Path, quick: bool):
-    """A small diffusion policy trained on 20 reach demos (reused when ``out`` holds it)."""
-    from robopolicy.collect import collect
+    """A small diffusion policy trained on 20 reach demos (through the pipeline: reused when ``out`` holds it)."""
+    from robopolicy import pipeline
     from robopolicy.config import load_config
     from robopolicy.policy import Policy
-    from robopolicy.train.trainer import train
 
-    run = out / "policy-run"
-    if not (run / "policy" / "model.safetensors").exists():
-        store, _, _ = collect("reach", 4 if quick else 20, out / "reach.zarr", progress=False)
-        store.close()
-        steps = 10 if quick else 200
-        train(load_config("diffusion", SMALL + [f"train.steps={steps}", "train.optim.warmup_steps=5"]),
-              out / "reach.zarr", run, resume=run.exists(), progress=not quick)
-    return Policy.load(run / "policy")
+    store = pipeline.demos("reach", 4 if quick else 20, out / "reach.zarr", progress=False)
+    cfg = load_config("diffusion", SMALL + [f"train.steps={10 if quick else 200}", "train.optim.warmup_steps=5"])
+    return Policy.load(pipeline.trained(cfg, out / "policy-run", store, progress=not quick))
 
 
 def run_eval_bench(checkpoint: str | None = None, task: str = "reach", episodes: int = 8, workers: int = 2,
@@ -51,8 +45,7 @@ def run_eval_bench(checkpoint: str | None = None, task: str = "reach", episodes:
     if quick:
         episodes = min(episodes, 1)
     policy = Policy.load(checkpoint) if checkpoint else _policy(out, quick)
-    spec = env_spec_for(policy, task, "image" if any(policy.schema[k].is_image for k in policy.obs_keys)
-                        else "state")
+    spec = env_spec_for(policy, task, policy.observations)
     seeds = list(envs.eval_seeds(episodes))
     counts = sorted({1, *range(2, workers + 1)})
     rows, results, inference = [], {}, [0.0]

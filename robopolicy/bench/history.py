@@ -10,16 +10,17 @@ evaluates both on the same seeds, side by side, plus the To=16 policy with test-
     success with its Wilson 95% interval, split by the hidden variable (seed % 2: which target the
     cue marked), so a policy that always guesses the same side shows up as 1.00 / 0.00, not 0.50.
 
-A run folder keeps the store and every trained policy; rerunning with the same --out resumes an
-interrupted training and reuses finished ones (delete a variant's folder to retrain it).
+A run folder keeps the store and every trained policy (made through robopolicy/pipeline.py); rerunning with
+the same --out resumes an interrupted training and reuses finished ones (delete a variant's folder to retrain
+it).
 """
 from __future__ import annotations
 
-import json
 import tempfile
-import time
 from pathlib import Path
 
+from robopolicy import pipeline
+from robopolicy.acting import Acting
 from robopolicy.errors import ConfigError
 
 # (label, folder, overrides on top of the config, candidates per chunk): the long-context head, the same
@@ -31,35 +32,10 @@ QUICK = ["train.steps=20", "train.log_every=10", "train.checkpoint_every=20", "t
          "data.batch_size=16"]
 
 
-def _store(task: str, episodes: int, path: Path):
-    from robopolicy.collect import collect
-    from robopolicy.data.store import DemoStore
-
-    if path.exists():
-        with DemoStore.open(path) as store:
-            if store.n_episodes >= episodes:
-                return
-    store, _, _ = collect(task, episodes, path, obs="state")
-    store.close()
-
-
-def _train(config: str, overrides: list[str], store: Path, run: Path) -> float:
-    """Train unless ``run`` holds a finished policy; returns the training seconds (as recorded when reused)."""
-    from robopolicy.config import load_config
-    from robopolicy.train.trainer import train
-
-    if (run / "done.json").exists():
-        return json.loads((run / "done.json").read_text())["seconds"]
-    t0 = time.perf_counter()
-    train(load_config(config, overrides), store, run, resume=run.exists() and any(run.iterdir()))
-    seconds = time.perf_counter() - t0
-    (run / "done.json").write_text(json.dumps({"seconds": seconds, "overrides": overrides}))
-    return seconds
-
-
 def run_history_bench(task: str = "cue-reach", episodes: int = 50, seeds: int = 50, config: str = "ptp",
                       out: str | Path | None = None, quick: bool = False, overrides: tuple[str, ...] = ()) -> dict:
     from robopolicy import envs
+    from robopolicy.config import load_config
     from robopolicy.eval.rollout import rollouts
     from robopolicy.eval.stats import format_rate, wilson_interval
     from robopolicy.policy import Policy
@@ -72,17 +48,16 @@ def run_history_bench(task: str = "cue-reach", episodes: int = 50, seeds: int = 
         episodes, seeds = min(episodes, 4), min(seeds, 4)
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="robopolicy-history-"))
     out.mkdir(parents=True, exist_ok=True)
-    store = out / f"{task}-{episodes}.zarr"
-    _store(task, episodes, store)
+    store = pipeline.demos(task, episodes, out / f"{task}-{episodes}.zarr", progress=True)
 
     results = {"task": task, "episodes": episodes, "seeds": seeds, "config": config, "variants": []}
     seed_list = list(envs.eval_seeds(seeds))
     for label, folder, extra, k in VARIANTS:
         print(f"\n== {label}: {config} {' '.join(extra)}", flush=True)
         run_overrides = list(overrides) + extra + (QUICK if quick else [])
-        seconds = _train(config, run_overrides, store, out / folder)
-        policy = Policy.load(out / folder / "policy")
-        won = rollouts(policy, task, seed_list, progress=True, k=k)
+        policy = Policy.load(pipeline.trained(load_config(config, run_overrides), out / folder, store))
+        seconds = pipeline.wall(out / folder)["s"]
+        won = rollouts(policy, task, seed_list, progress=True, acting=Acting(k=k))
         by_hidden = [[w for s, w in zip(seed_list, won) if s % 2 == h] for h in (0, 1)]
         d = policy.cfg.data
         results["variants"].append({

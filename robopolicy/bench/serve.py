@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robopolicy import provenance
+
 
 def _policy(folder: Path):
     """An untrained image policy of the benchmark's shape (To=1: two 96x96 frames + state; H=16), saved."""
@@ -240,11 +242,10 @@ def run_serve_bench(calls: int = 50, seconds: float = 60.0, clients: int = 4, qu
               f"misses {r['misses']}/{r['ticks']} ({r['miss_rate']:.2%}), "
               f"behind schedule at the end {r['drift_ms_at_end']:.1f} ms")
     if out:
-        import platform
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"command": "robopolicy bench serve " + " ".join(sys.argv[3:]),
-                                         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                                         "machine": provenance.machine(),
                                          "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                                                                   text=True).stdout.strip(),
                                          **result}, indent=1))

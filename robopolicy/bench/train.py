@@ -25,11 +25,12 @@ import torch
 
 from robopolicy.bench.data import synthetic_store
 from robopolicy.config import load_config
-from robopolicy.data.embeddings import EMBEDDING_KEY, write_cache
 from robopolicy.data.loaders import InMemoryWindows, WindowGather
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import DemoStore
 from robopolicy.data.windows import WindowSpec
+from robopolicy.device import choose as choose_device
+from robopolicy.embeddings import EMBEDDING_KEY, write_cache
 from robopolicy.policy import Policy
 
 LONG = {"n_obs": 16, "horizon": 32}
@@ -121,8 +122,7 @@ def _net_calls(policy: Policy, k: int) -> str:
 
 def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: float = 6.0, calls: int = 15,
                     device: str = "auto", quick: bool = False, overrides: tuple[str, ...] = ()) -> dict:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = choose_device(device)
     bf16 = dev.type == "cuda"
     if quick:
         batch, seconds, calls = 4, 0.3, 2
@@ -136,9 +136,9 @@ def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: f
         cfg = load_config(config, overrides)
         with DemoStore.open(tmp / "demos.zarr") as store:
             keys, schema = ["state", "action"], store.schema
-            normalizer = Normalizer.fit(store.load(keys), {k: "minmax" for k in keys})
+            normalizer = Normalizer.for_policy(store.load(keys), ["state"], "action", cfg.data.obs_min_span)
             policy = Policy(cfg, schema, normalizer).to(dev)
-            spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon)
+            spec = WindowSpec.of(cfg.data)
             images = InMemoryWindows(store, WindowGather(spec, policy.obs_keys, "action", normalizer))
             print(f"{config}: {policy.cfg.policy.encoder.trunk} encoder, To={spec.n_obs} H={spec.horizon}, "
                   f"batch {batch}, on {dev}{' (bf16 autocast)' if bf16 else ''}", flush=True)
@@ -161,7 +161,7 @@ def run_train_bench(config: str = "diffusion_image", batch: int = 32, seconds: f
                 head_cfg = load_config(name, ["data.obs_keys=[state]", *head_overrides])
                 torch.manual_seed(0)
                 p = Policy(head_cfg, schema, normalizer).to(dev)
-                spec = WindowSpec(head_cfg.data.n_obs, head_cfg.data.horizon, head_cfg.data.stride)
+                spec = WindowSpec.of(head_cfg.data)
                 windows = InMemoryWindows(store, WindowGather(spec, p.obs_keys, "action", normalizer))
                 row = {"train": _train_rate(p, windows, results["head_batch"], dev, seconds / 2, bf16),
                        "latency": {k: _latency_ms(p, k, dev, calls) for k in (1, 8)}, "net_calls": _net_calls(p, 1)}

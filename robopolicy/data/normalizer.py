@@ -50,6 +50,16 @@ class Normalizer:
             scale[key], offset[key] = s.reshape(shape), o.reshape(shape)
         return cls(scale, offset)
 
+    @classmethod
+    def for_policy(cls, arrays: Mapping[str, np.ndarray], low_dim: list[str], action_key: str,
+                   obs_min_span: float) -> Normalizer:
+        """The one rule a policy's statistics follow (training on a store or a cache, the benchmarks alike):
+        min-max to [-1, 1] for its low-dim observations and its actions, where an observation dimension that
+        barely moves in the demos (a resting object's jitter) is scaled as if it spanned ``obs_min_span``
+        (``data.obs_min_span``), so its noise stays near 0 instead of being stretched over [-1, 1]."""
+        return cls.fit(arrays, {k: "minmax" for k in [*low_dim, action_key]},
+                       min_span={k: obs_min_span for k in low_dim})
+
     @property
     def keys(self) -> list[str]:
         return sorted(self.scale)

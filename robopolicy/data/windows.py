@@ -47,6 +47,13 @@ class WindowSpec:
             raise ConfigError(f"window horizon H={self.horizon} must be >= n_obs To={self.n_obs}: the chunk holds "
                               "To-1 past tokens, the current one and H-To future ones")
 
+    @classmethod
+    def of(cls, data) -> WindowSpec:
+        """The window a config's ``data`` section (DataConfig, or a server's metadata) describes: the one
+        definition training, acting and every benchmark share."""
+        get = data.get if isinstance(data, dict) else lambda key, default=None: getattr(data, key, default)
+        return cls(get("n_obs"), get("horizon"), get("stride", 1), past_act=bool(get("past_act", False)))
+
     @property
     def context(self) -> int:
         """How far back (in steps) the first observation frame lies."""

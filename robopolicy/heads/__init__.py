@@ -1,57 +1,62 @@
-"""Action heads: diffusion.py, ptp.py, ebt.py, one interface (``loss(cond, actions)``, ``sample(cond, k,
-generators, known)``). ``row_noise`` is how every head draws its noise, so a row's draws never depend on its batch.
+"""Action heads: the interface every head implements, declared here, and the one place heads are registered.
 
-Known actions (real-time chunking): ``known = Known(values, mask)`` names chunk tokens whose values are
-already fixed (the queued actions a robot executes before the new chunk can arrive); every candidate
-returns them exactly and is generated consistent with them (diffusion and PTP inpaint, EBT warm-starts
-and re-projects). A row whose mask is all False gets bit for bit what it gets without ``known``.
+A head is a torch module with
+- ``loss(cond (B, To, D), actions (B, H, Da)) -> scalar``: its training loss on normalized actions;
+- ``sample(cond, k, generators, known=None) -> (candidates (B, K, H, Da), info)``: K candidate chunks per row,
+  each row drawing from its own generator (sampling.py), ``known`` tokens kept exactly (real-time chunking);
+- ``capabilities``: what it reports or can do beyond that, declared by its config (``section.capabilities()``,
+  so known without building it). The verifier, the policy, the server and the results read these, never a
+  head's name.
+
+The heads: diffusion.py (Diffusion Policy), ptp.py (Past-Token Prediction), ebt.py (EBT-Policy). Their configs
+live in config.py and this module imports no torch, so reading a config loads no model code.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+from robopolicy.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
 
-@dataclass
-class Known:
-    """Fixed chunk tokens, per row, in normalized action space."""
-
-    values: torch.Tensor  # (B, H, Da); read only where ``mask`` is True
-    mask: torch.Tensor  # (B, H) bool
-
-    def per_candidate(self, k: int) -> Known:
-        """Each row's tokens repeated for its K candidates: (B*K, H, Da), (B*K, H, 1); values outside the mask
-        zeroed, so whatever they held (even NaN) cannot leak into a loss or a guidance gradient."""
-        mask = self.mask.repeat_interleave(k, dim=0)[..., None]
-        values = torch.where(mask, self.values.repeat_interleave(k, dim=0), torch.zeros((), dtype=self.values.dtype,
-                                                                                       device=self.values.device))
-        return Known(values, mask)
-
-    def apply(self, x: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B*K, H, Da) with the known tokens set (to ``values`` if given: e.g. the noised ones); a
-        candidate-level Known (``per_candidate``) only."""
-        return torch.where(self.mask, self.values if values is None else values, x)
+    from robopolicy.heads.sampling import Known
 
 
-def row_generators(generators, batch: int) -> list[torch.Generator]:
-    """One generator per row: the list given; or one generator (None: torch's default) shared by every
-    row, drawn in row order, so then a row's noise depends on the rows before it."""
-    if generators is None or isinstance(generators, torch.Generator):
-        return [generators or torch.default_generator] * batch
-    generators = list(generators)
-    if len(generators) != batch:
-        raise ValueError(f"{len(generators)} generators for {batch} rows: pass one per row")
-    return generators
+@dataclass(frozen=True)
+class Capabilities:
+    self_scores: bool = False  # info["scores"] (B, K): its own score of each candidate, lower is better (EBT: energy)
+    predicts_past: bool = False  # info["past"] (B, K, To-1, Da): each candidate's predicted past, trained to match
+    refines: bool = False  # sample(..., init=candidates, steps=n) continues their optimization from where they stand
 
 
-def candidate_generators(generators: list[torch.Generator], k: int) -> list[torch.Generator]:
-    """Row r's generator once per candidate, in order: candidate j of row r draws r's j-th sample."""
-    return [g for g in generators for _ in range(k)]
+class Head(Protocol):
+    capabilities: Capabilities
+
+    def loss(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(self, cond: torch.Tensor, k: int = 1, generators: Any = None, known: Known | None = None
+               ) -> tuple[torch.Tensor, dict]: ...
 
 
-def row_noise(generators: list[torch.Generator], k: int, shape: tuple[int, ...], device, dtype=torch.float32
-              ) -> torch.Tensor:
-    """(B*K, *shape) standard normal noise, each candidate drawn from its row's generator by itself."""
-    return torch.cat([torch.randn((1, *shape), generator=g, dtype=dtype) for g in candidate_generators(generators, k)]
-                     ).to(device)
+# name -> (module, class); each reads its own section of ``policy`` (policy.diffusion, policy.ptp, policy.ebt)
+HEADS = {"diffusion": ("robopolicy.heads.diffusion", "DiffusionHead"),
+         "ptp": ("robopolicy.heads.ptp", "PTPHead"),
+         "ebt": ("robopolicy.heads.ebt", "EBTHead")}
+
+
+def capabilities(policy: Any) -> Capabilities:
+    """What the head a ``policy`` config section names can do, without building it (no torch)."""
+    if policy.head not in HEADS:
+        raise ConfigError(f"unknown head {policy.head!r}; available: {', '.join(HEADS)}")
+    return getattr(policy, policy.head).capabilities()
+
+
+def build(name: str, section: Any, action_dim: int, horizon: int, n_obs: int, cond_dim: int) -> Head:
+    """The head registered as ``name``, built from its config section."""
+    if name not in HEADS:
+        raise ConfigError(f"unknown head {name!r}; available: {', '.join(HEADS)}")
+    module, cls = HEADS[name]
+    return getattr(importlib.import_module(module), cls)(action_dim, horizon, n_obs, cond_dim, section)

@@ -9,37 +9,16 @@ Sampling: DDIM with few steps (or DDPM with all 100), K candidates per observati
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
-from robopolicy.heads import Known, candidate_generators, row_generators, row_noise
+from robopolicy.heads.config import DiffusionHeadConfig
+from robopolicy.heads.sampling import Known, candidate_generators, row_generators, row_noise
 from robopolicy.models.transformer import TransformerDenoiser
 from robopolicy.models.unet1d import ConditionalUnet1D
-
-
-@dataclass
-class DiffusionHeadConfig:
-    denoiser: str = "unet"  # "unet" (DP-C: flattened To-frame condition) or "transformer" (DP-T: a token per frame)
-    down_dims: tuple[int, ...] = (64, 128, 256)
-    kernel_size: int = 5
-    n_groups: int = 8
-    step_embed_dim: int = 128
-    train_steps: int = 100
-    sampler: str = "ddim"  # "ddim" or "ddpm" (all train_steps)
-    inference_steps: int = 10
-    n_layer: int = 8  # transformer
-    n_head: int = 4
-    n_emb: int = 256
-    p_drop_attn: float = 0.3
-    inpaint_guidance: float = 2.0  # known actions (real-time chunking): the weight w of ``_inpaint`` (0: replace)
-    supervise_past: bool = False  # True: Past-Token Prediction (all H tokens); False: tokens To-1..H-1
-    scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
-                                                             "prediction_type": "epsilon", "clip_sample": True})
 
 
 class DiffusionHead(nn.Module):
@@ -51,6 +30,7 @@ class DiffusionHead(nn.Module):
         if cfg.sampler not in ("ddim", "ddpm"):
             raise ConfigError(f"diffusion sampler must be 'ddim' or 'ddpm', got {cfg.sampler!r}")
         self.cfg, self.action_dim, self.horizon, self.n_obs = cfg, action_dim, horizon, n_obs
+        self.capabilities = cfg.capabilities()
         if cfg.denoiser == "unet":
             self.denoiser = ConditionalUnet1D(action_dim, n_obs * cond_dim, cfg.down_dims, cfg.kernel_size,
                                               cfg.n_groups, cfg.step_embed_dim)

@@ -27,7 +27,6 @@ by default; ``batch_rms_norm=true`` restores the reference form (used by a faith
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,40 +34,18 @@ from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
-from robopolicy.heads import Known, row_generators, row_noise
+from robopolicy.heads.config import EBTHeadConfig
+from robopolicy.heads.sampling import Known, row_generators, row_noise
 from robopolicy.models.energy import EnergyTransformer, ObsTemporalEncoder
 
 
-@dataclass
-class EBTHeadConfig:
-    n_layer: int = 8  # energy transformer blocks
-    obs_layers: int = 8  # observation temporal encoder blocks
-    n_head: int = 4
-    n_emb: int = 256
-    step_size: float = 1000.0  # alpha (clamped >= 1e-4)
-    step_size_jitter: float = 1.5  # training: alpha_i ~ U[alpha / s, alpha * s] per sample
-    energy_temperature: float = 1.0  # alpha_eff = alpha * exp(E) / T
-    momentum: float = 0.9  # Nesterov mu
-    train_steps: int = 6  # unrolled steps in training: train_steps + U{0..train_steps_extra}
-    train_steps_extra: int = 4
-    langevin_max: float = 0.2  # training noise, cosine-annealed from max to min over the unrolled steps
-    langevin_min: float = 0.002
-    inference_steps: int = 2  # the paper's "2 steps"
-    min_grad: float = 1e-3  # early stop when more steps are allowed
-    batch_rms_norm: bool = False  # True: the reference's whole-batch normalization (not batch-invariant)
-    # training samples that start with their first 1..(H-To+1)/2 future tokens known (the committed queue of
-    # real-time chunking, re-projected every step): 0 trains only the start from noise
-    warm_start_frac: float = 0.0
-
-
 class EBTHead(nn.Module):
-    self_scores = True  # info["scores"]: each candidate's final energy, what the verifier ranks by
-    refines = True  # sample(init=candidates, steps=n) continues their minimization (Policy.act's refine_above)
     def __init__(self, action_dim: int, horizon: int, n_obs: int, cond_dim: int, cfg: EBTHeadConfig):
         super().__init__()
         if cfg.inference_steps < 1 or cfg.train_steps < 1:
             raise ConfigError("ebt needs inference_steps >= 1 and train_steps >= 1")
         self.cfg, self.action_dim, self.horizon, self.n_obs = cfg, action_dim, horizon, n_obs
+        self.capabilities = cfg.capabilities()
         self.obs_encoder = ObsTemporalEncoder(cond_dim, n_obs, cfg.n_emb, cfg.obs_layers, cfg.n_head)
         self.energy = EnergyTransformer(action_dim, horizon, n_obs, cfg.n_emb, cfg.n_layer, cfg.n_head)
 

@@ -12,36 +12,11 @@ Baselines are configs of this head: ``past_action_pred=false`` (long context, DP
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from robopolicy.heads import Known
-from robopolicy.heads.diffusion import DiffusionHead, DiffusionHeadConfig
-
-
-@dataclass
-class PTPHeadConfig:
-    past_action_pred: bool = True  # False: the no-PTP baseline (tokens To-1..H-1 only)
-    past_steps_reg: int = -1  # -1: every past token supervised; K >= 0: only the K most recent
-    n_layer: int = 8
-    n_head: int = 4
-    n_emb: int = 256
-    p_drop_attn: float = 0.3
-    train_steps: int = 100
-    sampler: str = "ddpm"  # the paper: DDPM with all 100 steps; "ddim" with inference_steps for CPU configs
-    inference_steps: int = 100
-    inpaint_guidance: float = 2.0  # known actions (real-time chunking): see DiffusionHead._inpaint
-    scheduler_kwargs: dict = field(default_factory=lambda: {"beta_schedule": "squaredcos_cap_v2",
-                                                             "prediction_type": "epsilon", "clip_sample": True})
-
-    def first_supervised(self, n_obs: int) -> int:
-        """The first chunk token the loss covers (algorithms.md §1.3)."""
-        if not self.past_action_pred:
-            return n_obs - 1
-        if self.past_steps_reg < 0:
-            return 0
-        return max(n_obs - 1 - self.past_steps_reg, 0)
+from robopolicy.heads.config import DiffusionHeadConfig, PTPHeadConfig
+from robopolicy.heads.diffusion import DiffusionHead
+from robopolicy.heads.sampling import Known
 
 
 class PTPHead(DiffusionHead):
@@ -53,7 +28,7 @@ class PTPHead(DiffusionHead):
                                         scheduler_kwargs=dict(cfg.scheduler_kwargs))
         super().__init__(action_dim, horizon, n_obs, cond_dim, diffusion, cfg.first_supervised(n_obs))
         self.ptp = cfg
-        self.predicts_past = cfg.past_action_pred  # info["past"] is trained: verification may compare it
+        self.capabilities = cfg.capabilities()
 
     def sample(self, cond: torch.Tensor, k: int = 1, generators=None, known: Known | None = None
                ) -> tuple[torch.Tensor, dict]:

@@ -9,21 +9,13 @@ here, on the device.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from robopolicy.errors import ConfigError
-
-
-@dataclass
-class EncoderConfig:
-    trunk: str = "small_cnn"  # "resnet18" or "small_cnn"
-    feature_dim: int = 64  # per camera
-    keypoints: int = 32
-    crop: int | None = None  # crop size (random in training, center in eval); None: no crop
+from robopolicy.models.config import EncoderConfig
 
 
 class SpatialSoftmax(nn.Module):

@@ -2,9 +2,9 @@
 
 ``PolicyClient`` is a plain blocking client (connect, metadata, hello, ``act``). The loop never calls
 it directly: a ``RemoteLink`` runs it on a thread, so the loop submits a request and picks the reply up
-on a later tick, never waiting on the network. ``LocalLink`` is the same link to a policy in this
-process (the server's request handling minus the socket): tests and the in-process side of
-``bench serve`` use it. Both carry the same request and reply dicts (serve/protocol.py).
+on a later tick, never waiting on the network. ``serve.service.LocalLink`` is the same link to a policy in
+this process. Both carry the same request and reply dicts (serve/protocol.py). No torch here: the robot's
+side of the wire needs numpy, msgpack and websockets only.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class PolicyClient:
         self.ws.close()
 
 
-class _Link:
+class Link:
     """Requests in, replies out, on a worker thread; ``lost`` says why the link died, if it did."""
 
     def __init__(self):
@@ -112,7 +112,7 @@ class _Link:
         self._thread.join(timeout=5)
 
 
-class RemoteLink(_Link):
+class RemoteLink(Link):
     def __init__(self, uri: str, token: str | None = None, timeout_s: float = 10.0):
         self.uri, self.token, self.timeout_s = uri, token, timeout_s
         self.client: PolicyClient | None = None
@@ -139,29 +139,3 @@ class RemoteLink(_Link):
                 self.client.close()
             except Exception:  # noqa: BLE001 - closing a dead connection
                 pass
-
-
-class LocalLink(_Link):
-    """The server's handling of an ``act`` request, in this process (no socket, no batching)."""
-
-    def __init__(self, policy, latency_s: float = 0.0):
-        self.policy, self.latency_s = policy, latency_s
-        self.metadata = protocol.metadata(policy)
-        super().__init__()
-
-    def _open(self) -> None:
-        pass
-
-    def _call(self, request: dict) -> dict:
-        t0 = time.perf_counter()
-        try:
-            rid, window, sampling, generator, times = protocol.parse_act(self.policy, request)
-            chunk = self.policy.act([window], k=sampling.k, generators=[generator],
-                                    retry_above=sampling.retry_above)[0]
-        except (protocol.ProtocolError, RobopolicyError) as e:
-            return protocol.error_reply(str(e), getattr(e, "code", "bad_request"), request.get("id"))
-        ms = (time.perf_counter() - t0) * 1000
-        if self.latency_s:
-            time.sleep(self.latency_s)
-        return protocol.chunk_reply(rid, chunk, generator, None if times is None else int(times[-1]),
-                                    {"queue_ms": 0.0, "infer_ms": ms, "batch": 1, "total_ms": ms})

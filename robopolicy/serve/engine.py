@@ -2,8 +2,8 @@
 
 The server's event loop only decodes, checks and answers; ``submit`` hands a checked request to this
 thread and returns an asyncio future. The thread takes every request waiting when it becomes free and
-acts on them in one batched ``Policy.act`` (per way of sampling: K, retry), which gives each row exactly what it would
-get alone, so batching never changes an answer. A request the policy refuses fails alone: the batch is
+acts on them in one batched ``Policy.act`` (per way of acting: K, retry, ...), which gives each row exactly
+what it would get alone, so batching never changes an answer. A request the policy refuses fails alone: the batch is
 checked row by row first. Image policies: each connection's frame cache (serve/frames.py) supplies the
 features of frames it has seen, so only new frames are encoded.
 """
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from robopolicy.acting import Acting
 from robopolicy.data.windows import Window
 from robopolicy.errors import RobopolicyError
 from robopolicy.policy import ACT_BATCH, ActionChunk, Policy
 from robopolicy.serve.frames import FrameCache, attach_features
-from robopolicy.serve.protocol import Sampling
 
 log = logging.getLogger("robopolicy.serve")
 
@@ -30,7 +30,7 @@ log = logging.getLogger("robopolicy.serve")
 @dataclass
 class Job:
     window: Window
-    sampling: Sampling
+    acting: Acting
     generator: torch.Generator
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -66,13 +66,13 @@ class InferenceEngine:
     def busy(self) -> int:
         return self._busy
 
-    def submit(self, window: Window, sampling: Sampling, generator: torch.Generator,
+    def submit(self, window: Window, acting: Acting, generator: torch.Generator,
                cache: FrameCache | None = None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
             self._busy += 1
-        self._jobs.put(Job(window, sampling, generator, future, loop, cache))
+        self._jobs.put(Job(window, acting, generator, future, loop, cache))
         return future
 
     def close(self) -> None:
@@ -97,10 +97,10 @@ class InferenceEngine:
                     self._jobs.put(None)
                     break
                 jobs.append(nxt)
-            for sampling in dict.fromkeys(j.sampling for j in jobs):  # one call per way of sampling
-                self._act([j for j in jobs if j.sampling == sampling], sampling)
+            for acting in dict.fromkeys(j.acting for j in jobs):  # one call per way of acting
+                self._act([j for j in jobs if j.acting == acting], acting)
 
-    def _act(self, jobs: list[Job], sampling: Sampling) -> None:
+    def _act(self, jobs: list[Job], acting: Acting) -> None:
         ok = []
         for job in jobs:  # a window the policy refuses is that request's error, not its batch-mates'
             try:
@@ -119,8 +119,8 @@ class InferenceEngine:
                 attach_features(self.policy, [j.window for j in ok if j.cache is None],
                                 [FrameCache(2 * len(j.window.obs[self.policy.obs_keys[0]])) for j in ok
                                  if j.cache is None])
-            chunks = self.policy.act([j.window for j in ok], k=sampling.k, generators=[j.generator for j in ok],
-                                     act_batch=self.max_batch, retry_above=sampling.retry_above)
+            chunks = self.policy.act([j.window for j in ok], acting, generators=[j.generator for j in ok],
+                                     act_batch=self.max_batch)
         except Exception as e:  # noqa: BLE001 - the server stays up; each caller gets a one-line error
             log.exception("inference failed")
             for job in ok:

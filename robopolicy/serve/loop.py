@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from robopolicy.acting import Acting
 from robopolicy.data.windows import History, WindowSpec
 from robopolicy.errors import ConfigError
 from robopolicy.serve import protocol
@@ -34,8 +34,7 @@ from robopolicy.serve.scheduler import Scheduler
 @dataclass
 class LoopConfig:
     strategy: str = "replan"
-    k: int = 1  # candidates per chunk (the verifier picks)
-    retry_above: float | None = None  # draw a chunk again when its best score is above this (off: None)
+    acting: Acting = Acting()  # how the policy acts: K candidates (the verifier picks), the score acted on, ...
     ttl_s: float = 0.5  # how long a policy command stays valid: the arm stops this long after the last one
     inject_latency_s: float = 0.0  # added to every round trip (the latency x strategy table)
     max_misses: int = 5  # consecutive late ticks before the arm holds (twice as many: it stops)
@@ -106,7 +105,7 @@ class ControlLoop:
             raise ConfigError(f"the policy commands {meta.get('action_dim')}-d actions, the arm takes "
                               f"{len(arm.action_semantics)}")
         self.period_ns = int(round(1e9 / hz))
-        self.spec = WindowSpec(meta["n_obs"], meta["horizon"], meta["stride"])
+        self.spec = WindowSpec.of(meta)
         self.obs_keys, self.action_dim = list(meta["obs_keys"]), meta["action_dim"]
         self.scheduler = Scheduler(cfg.strategy, meta["n_action_steps"])
         self.round_trips: list[int] = []  # ns, after the warm-up
@@ -115,13 +114,16 @@ class ControlLoop:
         self._warm = False
 
     # ------------------------------------------------------------------ requests
-    def _request(self, history: History, times: list[int], rng: np.ndarray, step: int = 0) -> dict:
+    def _request(self, history: History, times: list[int], rng: np.ndarray | int, step: int = 0) -> dict:
+        """``rng``: the sampler's state bytes the server sent back last time, or (before an episode's first reply)
+        its seed: the server turns either into its generator, so the robot side needs no torch."""
         w = history.window(self.obs_keys)
         w.committed = self.scheduler.committed(step, self.delay()) if w.queued is not None else 0
         self._rid += 1
         self._committed = {self._rid: w.committed}  # only the newest request's reply is ever merged
-        return protocol.act_request(w, self._rid, self.cfg.k, rng=rng, obs_times_ns=[times[i] for i in w.steps],
-                                    retry_above=self.cfg.retry_above)
+        seeded = isinstance(rng, int)
+        return protocol.act_request(w, self._rid, self.cfg.acting, rng=None if seeded else rng,
+                                    seed=rng if seeded else None, obs_times_ns=[times[i] for i in w.steps])
 
     def delay(self) -> int:
         """Ticks between a request and its reply, from the largest recent round trip."""
@@ -148,7 +150,7 @@ class ControlLoop:
             history, times = History(self.spec, self.action_dim), [state.t_ns]
             history.start(state.obs)
         if rng is None:
-            rng = torch.Generator().manual_seed(0).get_state().numpy()
+            rng = 0
         trips = []
         for i in range(cfg.warmup + cfg.probes):
             sent = clock.now_ns()
@@ -176,7 +178,7 @@ class ControlLoop:
         self._events0 = self._shield_counts()
         history = History(self.spec, self.action_dim)
         self.scheduler.reset()
-        rng = torch.Generator().manual_seed(0 if seed is None else int(seed)).get_state().numpy()
+        rng = 0 if seed is None else int(seed)  # the first request's seed; then the state the server returns
         state = arm.start_episode(seed)
         history.start(state.obs)
         times = [state.t_ns]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import gc
 import json
-import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from robopolicy import provenance
 from robopolicy.errors import ConfigError
 from robopolicy.serve.loop import ControlLoop, LoopConfig, RunEpisode
 
@@ -204,9 +204,9 @@ def timing_figure(eps: list[RunEpisode], period_ms: float, chunk_ms: float, lock
         for e in eps[:8]:
             ax.plot(e.round_trip_ms, lw=0.8)
         ax.axhline(chunk_ms, color="tab:red", ls="--", lw=0.8)
-        ax.set(xlabel="chunk", ylabel="round trip (ms)", title=f"round trip per chunk (K={cfg.k}: no verifier)")
+        ax.set(xlabel="chunk", ylabel="round trip (ms)", title=f"round trip per chunk (K={cfg.acting.k}: no verifier)")
     else:
-        ax.text(0.5, 0.5, f"K={cfg.k}: no verifier scores", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"K={cfg.acting.k}: no verifier scores", ha="center", va="center", transform=ax.transAxes)
         ax.axis("off")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
@@ -219,10 +219,10 @@ def write_report(result: RunResult, metadata: dict, cfg: LoopConfig, robot: str,
     out, eps = result.out, result.episodes
     period_ms = 1000 / metadata["control_hz"]
     s = summary(eps, period_ms)
-    meta = {"robot": robot, "clock": "lockstep" if lockstep else "wall", "loop": vars(cfg), "max_step": max_step,
+    meta = {"robot": robot, "clock": "lockstep" if lockstep else "wall", "loop": asdict(cfg), "max_step": max_step,
             "policy": {k: metadata.get(k) for k in ("head", "task", "checkpoint", "control_hz", "n_obs",
                                                      "n_action_steps")},
-            "machine": f"{platform.machine()}, {platform.node()}", "wall_s": wall_s, "summary": s,
+            "machine": provenance.machine(node=True), "wall_s": wall_s, "summary": s,
             "stopped": result.stopped}
     (out / "run.json").write_text(json.dumps(meta, indent=1))
     timing_figure(eps, period_ms, period_ms * metadata["n_action_steps"], lockstep, cfg, out / "timing.png")
@@ -233,7 +233,7 @@ def write_report(result: RunResult, metadata: dict, cfg: LoopConfig, robot: str,
     latency = f", injected latency {cfg.inject_latency_s * 1000:g} ms" if cfg.inject_latency_s else ""
     lines = [f"# robopolicy run: {metadata.get('head')} on {robot}", "",
              f"{s['episodes']} episodes, {s['ticks']} ticks at {metadata['control_hz']:g} Hz ({meta['clock']} clock, "
-             f"strategy {cfg.strategy}, K={cfg.k}{latency}).",
+             f"strategy {cfg.strategy}, K={cfg.acting.k}{latency}).",
              "", "| success | misses | miss rate | late ticks | starved ticks | dropped actions | late replies | "
              "clamped commands |", "|---|---|---|---|---|---|---|---|",
              f"| {s['success_rate']:.2f} | {s['misses']} | {s['miss_rate']:.2%} | {s['late']} | {s['starved']} | "

@@ -21,14 +21,14 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from robopolicy.acting import Acting
 from robopolicy.errors import ConfigError, RobopolicyError
 from robopolicy.policy import ACT_BATCH, Policy
-from robopolicy.serve import protocol, wire
+from robopolicy.serve import protocol, service, wire
 from robopolicy.serve.engine import InferenceEngine
 from robopolicy.serve.frames import FrameCache, frame_cache
 
@@ -82,19 +82,6 @@ def bind_error(host: str, port: int, e: OSError) -> ConfigError:
     return ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --host or --port")
 
 
-def read_token(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--token-file {path}: no such file (write a long random token into it, e.g. "
-                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))' > token`)")
-    token = path.read_text().strip()
-    if len(token) < 16:
-        raise ConfigError(f"--token-file {path}: the token is {len(token)} characters; use at least 16")
-    return token
-
-
 class _OpenpiSession:
     """A client that sends bare observations (openpi's): its episode lives here, on the server."""
 
@@ -119,7 +106,7 @@ class _OpenpiSession:
                 x = np.asarray(x) if isinstance(x, list | int | float) else None
                 if x is None or x.dtype.kind not in "biuf":
                     raise protocol.ProtocolError(f"observation {key!r} must be an array", "bad_obs")
-            x = protocol.cast(x, protocol.obs_dtype(self.policy, key), key)
+            x = protocol.cast(x, service.obs_dtype(self.policy, key), key)
             want = tuple(self.policy.schema[key].shape)
             if x.shape != want:
                 raise protocol.ProtocolError(f"observation {key!r} has shape {x.shape}, this policy takes one frame "
@@ -132,7 +119,7 @@ class PolicyServer:
     def __init__(self, policy: Policy, cfg: ServerConfig, checkpoint_hash: str | None = None):
         check_bind(cfg.host, cfg.token)
         self.policy, self.cfg = policy, cfg
-        self.metadata = protocol.metadata(policy, checkpoint_hash)
+        self.metadata = service.metadata(policy, checkpoint_hash)
         self.per_tick = self.metadata["openpi"]["mode"] == "per_tick"
         self.connections = 0
         if cfg.act_batch < 1:
@@ -207,11 +194,11 @@ class PolicyServer:
             self.connections -= 1
 
     async def _act(self, msg: dict, t0: float, frames: FrameCache | None = None) -> dict:
-        rid, window, sampling, generator, times = protocol.parse_act(self.policy, msg)
-        done = await self.engine.submit(window, sampling, generator, frames)
+        rid, window, acting, generator, times = service.parse_act(self.policy, msg)
+        done = await self.engine.submit(window, acting, generator, frames)
         self.served += 1
         due = int(times[-1]) if times is not None else None  # the first action is the latest frame's
-        return protocol.chunk_reply(rid, done.chunk, done.generator, due, {
+        return service.chunk_reply(rid, done.chunk, done.generator, due, {
             "queue_ms": done.queue_ms, "infer_ms": done.infer_ms, "batch": done.batch, "encoded_frames": done.encoded,
             "total_ms": (time.perf_counter() - t0) * 1000})
 
@@ -228,7 +215,7 @@ class PolicyServer:
             session.history.record(session.last, frame)
         infer_ms = 0.0
         if not session.queue:
-            done = await self.engine.submit(session.history.window(self.policy.obs_keys), protocol.Sampling(),
+            done = await self.engine.submit(session.history.window(self.policy.obs_keys), Acting(),
                                             session.generator, session.frames)
             session.generator, infer_ms = done.generator, done.infer_ms
             session.history.plan(done.chunk.plan, done.chunk.t)

@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,13 +24,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from robopolicy.config import Config
-from robopolicy.data.embeddings import EMBEDDING_KEY, encoder_hash, open_for_training
 from robopolicy.data.loaders import InMemoryWindows, StreamingWindows, WindowGather, worker_init
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.store import DemoStore
 from robopolicy.data.windows import WindowSpec, split_episodes
+from robopolicy.device import choose as choose_device
+from robopolicy.embeddings import EMBEDDING_KEY, encoder_hash, open_for_training
 from robopolicy.errors import ConfigError
 from robopolicy.policy import Policy, obs_keys_of
+from robopolicy.train.clocks import Budget, Meter
 
 
 class EMA:
@@ -75,14 +78,6 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.device_count() > 1:
-        return torch.device("cuda", local_rank)  # one GPU per torchrun process
-    return torch.device(name)
-
-
 @dataclass
 class _Data:
     """What a run trains on: a demo store, or an embedding cache with the stage-1 policy that made it."""
@@ -99,7 +94,7 @@ class _Data:
 
 
 def _data(cfg: Config, store_path, embeddings) -> _Data:
-    spec = WindowSpec(cfg.data.n_obs, cfg.data.horizon, cfg.data.stride, past_act=cfg.data.past_act)
+    spec = WindowSpec.of(cfg.data)
     if embeddings is None:
         if store_path is None:
             raise ConfigError("nothing to train on: pass --store (a demo store) or --embeddings (a cache)")
@@ -107,11 +102,8 @@ def _data(cfg: Config, store_path, embeddings) -> _Data:
             schema = store.schema
             obs_keys = obs_keys_of(cfg, schema)
             low_dim = [k for k in obs_keys if not schema[k].is_image]
-            stats_keys = low_dim + [cfg.data.action_key]
-            # observations that barely move in the demos (a resting object's jitter) stay near 0 instead of
-            # having their noise stretched over [-1, 1]
-            normalizer = Normalizer.fit(store.load(stats_keys), {k: "minmax" for k in stats_keys},
-                                        min_span={k: cfg.data.obs_min_span for k in low_dim})
+            normalizer = Normalizer.for_policy(store.load([*low_dim, cfg.data.action_key]), low_dim,
+                                               cfg.data.action_key, cfg.data.obs_min_span)
             train_eps, val_eps = split_episodes(store.n_episodes, cfg.data.val_fraction, cfg.train.seed)
             gather = WindowGather(spec, obs_keys, cfg.data.action_key, normalizer)
             from robopolicy.envs import task_card
@@ -124,7 +116,7 @@ def _data(cfg: Config, store_path, embeddings) -> _Data:
         # the policy keeps the stage-1 encoder (frozen) and its observation keys, so it acts on raw observations
         cfg = replace(cfg, data=replace(cfg.data, obs_keys=list(stage1.obs_keys), action_key=info.action_key),
                       policy=replace(cfg.policy, encoder=stage1.cfg.policy.encoder, freeze_encoder=True))
-        actions = Normalizer.fit(cache.load([info.action_key]), {info.action_key: "minmax"})
+        actions = Normalizer.for_policy(cache.load([info.action_key]), [], info.action_key, cfg.data.obs_min_span)
         keep = [k for k in stage1.obs_keys if k in stage1.normalizer.scale]
         normalizer = Normalizer({**{k: stage1.normalizer.scale[k] for k in keep}, **actions.scale},
                                 {**{k: stage1.normalizer.offset[k] for k in keep}, **actions.offset})
@@ -163,29 +155,41 @@ def validation_loss(policy: Policy, val: InMemoryWindows, device: torch.device, 
     return total / len(rows)
 
 
+class Rollouts(Protocol):
+    """Rollouts during training (``eval.every``), e.g. robopolicy.eval.training.PeriodicRollouts: the trainer
+    knows nothing of evaluation but this."""
+
+    def start(self, policy: Policy) -> None:
+        """Check what will be rolled out (a typo in eval.suite fails now, not hours in)."""
+
+    def __call__(self, policy_dir: Path, out: Path) -> dict[str, float]:
+        """Roll out the checkpoint in ``policy_dir``, records in ``out``; success per task."""
+
+
 def train(cfg: Config, store_path: str | Path | None, out: str | Path, resume: bool = False, progress: bool = True,
-          embeddings: str | Path | None = None) -> Path:
+          embeddings: str | Path | None = None, rollouts: Rollouts | None = None) -> Path:
     """Train ``cfg`` on a demo store, or on an embedding cache (``embeddings``). Under ``torchrun`` every
-    process trains on its share of each batch order (DDP: gloo on CPU, NCCL on GPU); rank 0 writes."""
+    process trains on its share of each batch order (DDP: gloo on CPU, NCCL on GPU); rank 0 writes.
+    ``rollouts``: what ``eval.every`` runs on the EMA weights at those steps (required when it is set)."""
     out = Path(out)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if out.exists() and not resume and any(out.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    device = _device(cfg.train.device, int(os.environ.get("LOCAL_RANK", 0)))
+    device = choose_device(cfg.train.device)
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, store_path, out, resume, progress, embeddings, device, rank, world)
+        return _train(cfg, store_path, out, resume, progress, embeddings, device, rank, world, rollouts)
     finally:
         if owns_group:  # a group left to the interpreter's exit kills gloo's threads mid-flight (SIGABRT)
             dist.destroy_process_group()
 
 
 def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, embeddings, device: torch.device,
-           rank: int, world: int) -> Path:
+           rank: int, world: int, rollouts: Rollouts | None) -> Path:
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every process
     data = _data(cfg, store_path, embeddings)
     cfg = data.cfg
@@ -199,7 +203,10 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
     policy = Policy(cfg, data.schema, data.normalizer).to(device)
     policy.task = data.task
     if cfg.eval.every > 0:
-        _eval_suite(cfg, policy)  # a typo in eval.suite fails now, not hours in
+        if rollouts is None:
+            raise ConfigError("eval.every is set but nothing to roll out: pass rollouts="
+                              "robopolicy.eval.training.PeriodicRollouts(cfg), as `robopolicy train` does")
+        rollouts.start(policy)  # a typo in eval.suite fails now, not hours in
     if data.encoder_weights is not None:
         policy.encoder.load_state_dict(data.encoder_weights)
         assert encoder_hash(policy) == data.encoder_hash, "the frozen encoder differs from the cache's"
@@ -210,7 +217,7 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
     if cfg.train.compile:
         model = torch.compile(model)
     optim = torch.optim.AdamW(param_groups(policy, cfg), lr=cfg.train.optim.lr, betas=tuple(cfg.train.optim.betas))
-    budget = _Budget(cfg.train.minutes, cfg.train.steps)
+    budget = Budget(cfg.train.minutes, cfg.train.steps)
     base = lr_lambda(cfg.train.optim.warmup_steps, cfg.train.steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: base(budget.schedule_step(s)))
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max)
@@ -232,7 +239,7 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
     bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {cfg.name}", disable=not (progress and writer))
     log = (out / "log.jsonl").open("a") if writer else None
     tb = _tensorboard(out) if writer and cfg.train.tensorboard else None
-    meter = _Meter(step)
+    meter = Meter(step)
     policy.train()
     while step < cfg.train.steps:
         for i, batch in enumerate(meter.timed(data.epoch_batches(epoch, (rank, world)))):
@@ -282,7 +289,13 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
             if evaluate_now and writer:
                 # a fork of the RNG: loading the policy draws from it, and a resumed run must draw as this one
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    _periodic_eval(cfg, policy, out, step, tb, log, bar)
+                    rates = rollouts(out / "policy", out / "evals" / f"step-{step}")
+                log.write(json.dumps({"step": step, "eval_success": rates}) + "\n")
+                log.flush()
+                for task, rate in rates.items():
+                    if tb is not None:
+                        tb.add_scalar(f"eval/{task}/success", rate, step)
+                bar.write(f"step {step}: eval success " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
                 meter.t = time.perf_counter()
             if step >= cfg.train.steps or out_of_time:
                 break
@@ -299,85 +312,6 @@ def _train(cfg: Config, store_path, out: Path, resume: bool, progress: bool, emb
     if world > 1:
         _check_replicas_agree(policy)
     return out / "policy"
-
-
-def _eval_suite(cfg: Config, policy: Policy):
-    """The suite ``eval.every`` rolls out on (checked when training starts, not at step N)."""
-    from robopolicy.eval.suite import load_suite, task_suite
-
-    overrides = {"episodes": cfg.eval.episodes}
-    if cfg.eval.suite:
-        return load_suite(cfg.eval.suite, **overrides)
-    if policy.task and policy.task.get("task"):
-        return task_suite(policy.task["task"], "image" if any(policy.schema[k].is_image for k in policy.obs_keys)
-                          else "state", **overrides)
-    raise ConfigError("eval.every is set but the training store names no task: set eval.suite")
-
-
-def _periodic_eval(cfg: Config, policy: Policy, out: Path, step: int, tb, log, bar) -> dict[str, float]:
-    """Roll out the EMA weights just checkpointed (``out/policy``) on ``cfg.eval``'s suite; success per task
-    to TensorBoard and log.jsonl. Records stay in ``out/evals/step-N``. Rank 0 only: under DDP the other
-    processes wait at their next all-reduce, so keep these short there."""
-    from robopolicy.eval.report import summarize
-    from robopolicy.eval.runner import Plan, evaluate, read_records, resolve_checkpoints
-
-    suite = _eval_suite(cfg, policy)
-    folder = evaluate(Plan(suite, resolve_checkpoints(suite, str(out / "policy"), None), k=cfg.eval.samples),
-                      out / "evals" / f"step-{step}", workers=cfg.eval.workers, device=cfg.train.device,
-                      progress=False)
-    meta = json.loads((folder / "run.json").read_text())
-    rates = {t: row["success_rate"] for t, row in summarize(meta, read_records(folder))["tasks"].items()}
-    log.write(json.dumps({"step": step, "eval_success": rates}) + "\n")
-    log.flush()
-    for task, rate in rates.items():
-        if tb is not None:
-            tb.add_scalar(f"eval/{task}/success", rate, step)
-    bar.write(f"step {step}: eval success " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
-    return rates
-
-
-class _Budget:
-    """``train.minutes``: training wall-clock, carried over resumes in train_state.pt."""
-
-    def __init__(self, minutes: float, steps: int):
-        self.limit_s, self.steps, self.spent, self.t0 = minutes * 60, steps, 0.0, time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.spent + time.perf_counter() - self.t0
-
-    def over(self) -> bool:
-        return self.limit_s > 0 and self.elapsed() >= self.limit_s
-
-    def schedule_step(self, step: int) -> int:
-        """The step the LR schedule is at: with a budget, the further along of steps and time."""
-        if self.limit_s <= 0:
-            return step
-        return max(step, int(self.steps * min(self.elapsed() / self.limit_s, 1.0)))
-
-
-class _Meter:
-    """Samples/s and the fraction of wall time spent waiting for data (loader + host-to-device copy)."""
-
-    def __init__(self, step: int):
-        self.t, self.step, self.wait = time.perf_counter(), step, 0.0
-
-    def timed(self, batches):
-        """``batches``, adding the time spent waiting for each to ``wait``."""
-        batches = iter(batches)
-        while True:
-            t = time.perf_counter()
-            batch = next(batches, None)
-            self.wait += time.perf_counter() - t
-            if batch is None:
-                return
-            yield batch
-
-    def read(self, step: int, batch: int) -> tuple[float, float]:
-        now = time.perf_counter()
-        elapsed = max(now - self.t, 1e-9)
-        rate, wait = (step - self.step) * batch / elapsed, min(self.wait / elapsed, 1.0)
-        self.t, self.step, self.wait = now, step, 0.0
-        return rate, wait
 
 
 def _tensorboard(out: Path):

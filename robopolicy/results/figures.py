@@ -1,5 +1,5 @@
 """The README's paragraphs that quote benchmark artifacts, generated from templates so that no figure in them is
-typed by hand (the results section has its own generator, eval/results.py).
+typed by hand (the results section has its own generator, table.py).
 
 A block of the README between
 
@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 
 from robopolicy.errors import ConfigError
-from robopolicy.eval.results_prose import wrap
+from robopolicy.results.prose import wrap
 
 BEGIN = re.compile(r"^<!-- figures:begin (\S+) .*-->$", re.M)
 END = "<!-- figures:end -->"
@@ -69,8 +69,8 @@ def render(template: Path, root: Path) -> tuple[list[str], list[list[tuple[str, 
     if typed:
         line = source[:typed.start()].count("\n") + 1
         raise ConfigError(f"{template}:{line}: {typed.group().strip()!r} is a figure typed by hand; write it as a "
-                          "placeholder such as {{json|FILE|key}} (eval/readme_figures.py lists them), so that it "
-                          "comes from an artifact")
+                          "placeholder such as {{json|FILE|key}} (robopolicy/results/figures.py lists them), so "
+                          "that it comes from an artifact")
     lines, figures = [], []
     for block in re.split(r"\n[ \t]*\n", source.strip("\n")):
         if lines:
@@ -106,7 +106,7 @@ def _value(spec: str, template: Path, root: Path) -> str:
     args = rest.split("|", 1 if kind == "match" else -1)
     if kind not in ("json", "ratio", "line", "match") or len(args) < 2:
         raise ConfigError(f"{template}: {{{{{spec}}}}} is not a placeholder (json, ratio, line or match: "
-                          "eval/readme_figures.py says what each takes)")
+                          "robopolicy/results/figures.py says what each takes)")
     path = root / ARTIFACTS / args[0].strip()
     if not path.is_file():
         raise ConfigError(f"{template}: {{{{{spec}}}}}: {path.relative_to(root)} does not exist")
@@ -238,5 +238,5 @@ def typed_beside_artifact(text: str) -> str | None:
             line = text[:m.start() + typed.start()].count("\n") + 1
             return (f"line {line}: {typed.group()!r} is a figure typed in a paragraph that cites benchmarks/results/; "
                     "put the paragraph in a template under benchmarks/readme/ with the figure as a placeholder "
-                    "(eval/readme_figures.py), between figures:begin/end lines")
+                    "(robopolicy/results/figures.py), between figures:begin/end lines")
     return None

@@ -1,4 +1,6 @@
-"""Embedding cache: a trained encoder's features, one vector per frame, written beside the demo store.
+"""Embedding cache: a trained encoder's features, one vector per frame, written beside the demo store. (It sits
+above the policy, whose encoder makes it, and below the trainer, which reads it: not in data/, which neither
+knows.)
 
 A cache is itself a demo store with the source's episode boundaries and two keys, ``embedding``
 (float32, D) and the action key, so any context length or stride is assembled at load time by the
@@ -19,9 +21,9 @@ import numpy as np
 import torch
 
 from robopolicy.data.store import DemoStore, Field
+from robopolicy.device import choose as choose_device
 from robopolicy.errors import ConfigError, StoreError
-
-EMBEDDING_KEY = "embedding"
+from robopolicy.policy import EMBEDDING_KEY, Policy
 
 
 def encoder_hash(policy) -> str:
@@ -79,11 +81,7 @@ def write_cache(checkpoint: str | Path, store_path: str | Path, out: str | Path 
     continues an interrupted cache of the same encoder and store."""
     from tqdm import tqdm
 
-    from robopolicy.policy import Policy
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    policy = Policy.load(checkpoint, map_location="cpu").to(dev).eval()
+    policy = Policy.load(checkpoint, map_location="cpu").to(choose_device(device)).eval()
     hash_ = encoder_hash(policy)
     action_key = policy.cfg.data.action_key
     with DemoStore.open(store_path) as store:
@@ -125,8 +123,6 @@ def open_for_training(path: str | Path, store_path: str | Path | None = None):
     """(cache store, its info, the stage-1 policy whose encoder made it), after checking the cache is
     complete and current: the checkpoint still holds the same encoder and the source store the same
     episodes. ``store_path``, when given, must be the cache's source."""
-    from robopolicy.policy import Policy
-
     cache = DemoStore.open(path)
     info = cache_info(cache)
     fix = f"re-run `robopolicy cache --checkpoint {info.checkpoint} --store {info.source}`"

@@ -18,13 +18,11 @@ R^2), code spans and link targets.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 from robopolicy.errors import ConfigError
+from robopolicy.results.plan import KINDS
 
-KINDS = {"successes", "trials", "rate", "a_only", "b_only", "p", "cell", "config", "dependency"}
 PLACEHOLDER = re.compile(r"\{\{([^{}]+)\}\}")
 NAMES = re.compile(r"(?:\bTo=|\bK=|\bseed[- ]|\bstage[- ]|\bR\^)\d+")  # settings' names, not results
 CODE, LINK = re.compile(r"`[^`]*`"), re.compile(r"\]\([^)]*\)")
@@ -41,7 +39,7 @@ def render(plan, found: dict[str, dict], studies: dict[str, dict]) -> tuple[list
     if typed:
         line = plan.prose[:typed.start()].count("\n") + 1
         raise ConfigError(f"{plan.path}: prose line {line}: {typed.group()!r} is a figure typed by hand; write "
-                          "it as a placeholder such as {{successes|CELL}} (eval/results_prose.py lists them), so "
+                          "it as a placeholder such as {{successes|CELL}} (robopolicy/results/prose.py lists them), so "
                           "that it comes from an artifact")
     lines, figures = [], []
     for block in re.split(r"\n[ \t]*\n", plan.prose.strip("\n")):
@@ -79,12 +77,13 @@ def wrap(text: str, first: str, rest: str, whole: bool, value) -> tuple[list[str
 
 
 def _value(spec: str, plan, found: dict[str, dict], studies: dict[str, dict]) -> str:
-    from robopolicy.eval.results import counts, discordant
     from robopolicy.eval.stats import mcnemar_exact
+    from robopolicy.results.artifacts import counts, discordant
 
     kind, *args = [part.strip() for part in spec.split("|")]
     names = {c.name for c in plan.cells}
-    bad = ConfigError(f"{plan.path} prose: {{{{{spec}}}}} is not a placeholder (eval/results_prose.py lists them)")
+    bad = ConfigError(f"{plan.path} prose: {{{{{spec}}}}} is not a placeholder (robopolicy/results/prose.py lists "
+                      "them)")
     if kind in studies:
         study = studies[kind]
         if len(args) == 1 and isinstance(study["data"].get(args[0]), (int, float)):
@@ -129,12 +128,12 @@ def _number(x) -> str:
 
 def source(spec: str, plan) -> str:
     """Where a placeholder's figure comes from, for the check's message."""
-    from robopolicy.eval.results import _relative
+    from robopolicy.results.artifacts import relative
 
     kind, *args = [part.strip() for part in spec.strip("{}").split("|")]
     if kind in plan.studies:
-        return f"{_relative(plan.studies[kind], plan.root)}, recounted from its per-seed records"
-    files = " and ".join(_relative(plan.artifacts / f"{c}.json", plan.root) for c in
+        return f"{relative(plan.studies[kind], plan.root)}, recounted from its per-seed records"
+    files = " and ".join(relative(plan.artifacts / f"{c}.json", plan.root) for c in
                          (args[:2] if kind in ("a_only", "b_only", "p") else args[:1]))
     return {"cell": f"the `cell` recorded in {files}", "config": f"the `config` recorded in {files}",
             "dependency": f"`action_dependency` in {files}"}.get(kind, f"the episode records of {files}")
@@ -151,56 +150,3 @@ def which_figure(plan, got: str, expected: str, figures: list[tuple[str, str]]) 
                                                                        None)
     where = f": it is {spec}, from {source(spec, plan)}" if spec else ""
     return f"{said} should read {want[i]!r}{where}\n"
-
-
-def read_studies(plan, found: dict[str, dict]) -> dict[str, dict]:
-    """Each study of the plan, its rows recounted from their per-seed records; refused (ArtifactError) where
-    its summary disagrees with them or it names no commit."""
-    from robopolicy.eval.results import ArtifactError, _relative, known_commit
-
-    out = {}
-    for name, path in plan.studies.items():
-        where = _relative(path, plan.root)
-        if not Path(path).is_file():
-            raise ConfigError(f"{where}: no such file (study {name!r} of {plan.path})")
-        data = json.loads(Path(path).read_text())
-        fix = "rerun the command recorded in its `command` field"
-        if not known_commit(data.get("commit")):
-            raise ArtifactError(f"{where}: its commit is {data.get('commit')!r}, so nothing names the code that "
-                                f"made it; {fix}, from a git checkout")
-        out[name] = {"data": data, "rows": _recount(where, data, found, fix)}
-    return out
-
-
-def _recount(where: str, data: dict, found: dict[str, dict], fix: str) -> dict[tuple[str, str], dict]:
-    from robopolicy.eval.results import ArtifactError
-    from robopolicy.eval.stats import mcnemar_exact
-
-    rows = {}
-    for policy, entry in (data.get("policies") or {}).items():
-        runs = entry.get("rows") or {}
-        base = (runs.get("as it happened") or {}).get("success_by_seed")
-        cell = found.get(entry.get("cell"))
-        for name, row in runs.items():
-            won = row.get("success_by_seed")
-            if won is None:
-                continue
-            got = {"successes": sum(map(bool, won.values())), "trials": len(won)}
-            said = {"successes": row.get("successes"), "trials": row.get("trials")}
-            versus = row.get("vs_as_it_happened")
-            if versus is not None and base is not None:
-                shared = won.keys() & base.keys()
-                got["gained"] = sum(bool(won[s]) and not base[s] for s in shared)
-                got["lost"] = sum(bool(base[s]) and not won[s] for s in shared)
-                got["p"] = mcnemar_exact(got["gained"], got["lost"])
-                said.update(gained=versus.get("gained"), lost=versus.get("lost"), p=versus.get("mcnemar_p"))
-            if "agrees_with_cell_seeds" in row and cell is not None:
-                theirs = {str(e["seed"]): bool(e["success"]) for e in cell["episodes"]}
-                got["agrees"] = sum(bool(won[s]) == theirs.get(s) for s in won)
-                said["agrees"] = row["agrees_with_cell_seeds"]
-            for key, value in said.items():
-                if value is None or abs(value - got[key]) > 1e-9:
-                    raise ArtifactError(f"{where}: `policies.{policy}.rows.{name}.{key}` says {value} but its "
-                                        f"per-seed records count {got[key]:.3g}; {fix}")
-            rows[(policy, name)] = got
-    return rows
