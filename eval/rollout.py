@@ -12,7 +12,6 @@ chunk's plan is kept there too, so a verifier can score coherence with the actio
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from robopolicy.acting import Acting
-from robopolicy.data.windows import History, Window
+from robopolicy.data.windows import History, Window, actions_hash
 from robopolicy.serve.frames import FrameCache, attach_features, frame_cache
 
 
@@ -49,10 +48,6 @@ class Episode:
         out = {k: v for k, v in vars(self).items() if k not in ("actions", "observations")}
         out["latency_ms"] = [round(x, 3) for x in self.latency_ms]
         return out
-
-
-def actions_hash(actions: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(actions, np.float32).tobytes()).hexdigest()[:16]
 
 
 class EnvJobs:

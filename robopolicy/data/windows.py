@@ -23,6 +23,7 @@ Two kinds of executed actions, not to be confused (they are one step apart):
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -182,3 +183,9 @@ class History:
         if self._plan is not None and 0 <= t - self._plan_t < len(self._plan):
             queued = self._plan[t - self._plan_t:]
         return Window(obs, t, before, at_past, queued, index.obs[0].copy())
+
+
+def actions_hash(actions: np.ndarray) -> str:
+    """An episode's executed actions (float32, in order) as 16 hex digits: equal runs, equal hashes (evaluation
+    records and the control loop's alike)."""
+    return hashlib.sha256(np.ascontiguousarray(actions, np.float32).tobytes()).hexdigest()[:16]

@@ -32,9 +32,14 @@ class ArmDriver(Protocol):
     max_step: np.ndarray  # per dimension, the most one tick's command may move it (deltas: the step itself;
     # absolute dimensions, the gripper: the change from the last command); the shield enforces it
     observation_shapes: dict[str, tuple[int, ...]]  # what read_state().obs holds, checked against a policy's
+    period_ns: int  # its control period: a policy trained at another rate is refused
 
     def start_episode(self, seed: int | None = None) -> ArmState:
         """Begin an episode (a sim resets to the seed's initial condition; a real arm is where it is)."""
+
+    def restart_clock(self) -> None:
+        """The episode's first tick is now (the loop waited for its first chunk; the arm stood still): a
+        simulated arm starts its physics clock here, a real arm has nothing to do."""
 
     def read_state(self) -> ArmState:
         """The latest state, stamped when it was acquired."""

@@ -59,6 +59,17 @@ class SafetyShield:
         return self.driver.action_semantics
 
     @property
+    def observation_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.driver.observation_shapes
+
+    @property
+    def period_ns(self) -> int:
+        return self.driver.period_ns
+
+    def restart_clock(self) -> None:
+        self.driver.restart_clock()
+
+    @property
     def stopped(self) -> bool:
         return self.events.stop_reason is not None
 

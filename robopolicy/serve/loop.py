@@ -7,7 +7,8 @@ Each tick, on an absolute deadline t0 + s * period of the loop's clock:
 With ``strategy="rtc"`` each request marks the queued actions that will run before its reply can
 arrive as committed, and the chunk that comes back starts with them (real-time chunking).
 Inference is asynchronous: requests go through a link (a thread), replies are picked up on later ticks.
-The delay in ticks is estimated from recent round trips (warm-up calls discarded). A tick that wakes
+The delay in ticks is estimated from recent round trips (warm-up calls discarded). What differs between the
+clocks (when a reply counts as arrived, what delay to expect) is the clock's mailbox (serve/clock.py). A tick that wakes
 more than half a period late is a miss; after ``max_misses`` in a row the arm holds, after twice that
 it stops. When the server is lost the queue runs out, the arm holds, and the shield stops it once the
 last command's time-to-live has expired; the episode ends with that reason, never a traceback.
@@ -18,14 +19,13 @@ strategy executes exactly what ``robopolicy eval`` executes, action for action.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from robopolicy.acting import Acting
-from robopolicy.data.windows import History, WindowSpec
+from robopolicy.data.windows import History, WindowSpec, actions_hash
 from robopolicy.errors import ConfigError
 from robopolicy.serve import protocol
 from robopolicy.serve.scheduler import Scheduler
@@ -86,14 +86,14 @@ class ControlLoop:
         hz = meta.get("control_hz")
         if not hz:
             raise ConfigError("the policy's checkpoint names no control rate; retrain from a store that has one")
-        driver_hz = 1e9 / arm.driver.period_ns if hasattr(arm.driver, "period_ns") else hz
+        driver_hz = 1e9 / arm.period_ns
         if abs(driver_hz - hz) > 1e-6 * hz:
             raise ConfigError(f"the policy runs at {hz} Hz, the arm at {driver_hz} Hz: resampling between rates "
                               "is the action-space adapters' job (not available yet)")
         if meta.get("action_semantics") and list(meta["action_semantics"]) != list(arm.action_semantics):
             raise ConfigError(f"the policy commands {meta['action_semantics']}, the arm takes "
                               f"{list(arm.action_semantics)}")
-        shapes = arm.driver.observation_shapes  # every driver declares them (robots/driver.py)
+        shapes = arm.observation_shapes  # every driver declares them (robots/driver.py)
         problems = [f"{k!r}: the policy reads {tuple(v)}, the arm gives "
                     f"{tuple(shapes[k]) if k in shapes else 'nothing'}"
                     for k, v in (meta.get("obs_shapes") or {}).items() if tuple(shapes.get(k, ())) != tuple(v)]
@@ -108,7 +108,8 @@ class ControlLoop:
         self.spec = WindowSpec.of(meta)
         self.obs_keys, self.action_dim = list(meta["obs_keys"]), meta["action_dim"]
         self.scheduler = Scheduler(cfg.strategy, meta["n_action_steps"])
-        self.round_trips: list[int] = []  # ns, after the warm-up
+        # when replies count as arrived, and the delay to expect: the clock's (serve/clock.py)
+        self.mail = clock.mailbox(link, self.period_ns, round(cfg.inject_latency_s * 1e9), cfg.latency_window)
         self._rid = 0
         self._committed: dict[int, int] = {}
         self._warm = False
@@ -126,20 +127,19 @@ class ControlLoop:
                                     seed=rng if seeded else None, obs_times_ns=[times[i] for i in w.steps])
 
     def delay(self) -> int:
-        """Ticks between a request and its reply, from the largest recent round trip."""
-        if self.clock.lockstep:
-            return math.ceil(round(self.cfg.inject_latency_s * 1e9) / self.period_ns)
-        recent = self.round_trips[-self.cfg.latency_window:]
-        return math.ceil(max(recent) / self.period_ns) if recent else 1
+        """Ticks between a request and its reply (the wall clock: the largest recent round trip; lockstep: the
+        simulated latency)."""
+        return self.mail.delay()
 
-    def _wait(self, rid: int) -> dict | None:
-        reply = self.link.wait(rid, self.cfg.reply_timeout_s)
+    @staticmethod
+    def _checked(reply: dict | None) -> dict | None:
         if reply is not None and reply.get("type") == "error":
             raise ConfigError(f"the server refused the request: {reply['message']}")
         return reply
 
     def warm_up(self, history: History | None = None, times: list[int] | None = None, rng=None) -> list[float]:
-        """Requests before the first episode (on the wall clock): ``warmup`` whose latency is noise (caches,
+        """Requests before the first episode (wall clock only: ``run`` calls it, as the first episode does when
+        nobody has): ``warmup`` whose latency is noise (caches,
         allocators), then ``probes`` timed ones; refuses to start (ConfigError naming the figures and the
         fixes) when the median round trip is longer than the chunk the arm executes meanwhile, since every
         chunk would then arrive stale and the arm would hold until its TTL stopped it. Returns the round
@@ -154,8 +154,9 @@ class ControlLoop:
         trips = []
         for i in range(cfg.warmup + cfg.probes):
             sent = clock.now_ns()
-            self.link.submit(self._request(history, times, rng))
-            if self._wait(self._rid) is None:
+            self.mail.send(self._request(history, times, rng))
+            if self._checked(self.mail.wait(cfg.reply_timeout_s, measure=False)) is None:
+                self.mail.lose()
                 return trips  # the server is gone: the episode will say so
             if i >= cfg.warmup:
                 trips.append((clock.now_ns() - sent) / 1e6 + cfg.inject_latency_s * 1000)
@@ -182,24 +183,20 @@ class ControlLoop:
         state = arm.start_episode(seed)
         history.start(state.obs)
         times = [state.t_ns]
-        if not self._warm and not clock.lockstep:
+        if not self._warm and self.mail.measures_latency:
             self.warm_up(history, times, rng)
         # the first chunk is waited for: the arm stands still at its start until it arrives
-        first = self._request(history, times, rng)
-        sent = clock.now_ns()
-        self.link.submit(first)
-        reply = self._wait(first["id"])
+        self.mail.send(self._request(history, times, rng))
+        reply = self._checked(self.mail.wait(cfg.reply_timeout_s))
         if reply is None:
+            self.mail.lose()
             ep.ended = "lost"
             return self._finish(ep, history)
-        if not clock.lockstep:
-            self.round_trips.append(clock.now_ns() - sent)
         rng = self._take(ep, reply, history, 0, 0)
-        if hasattr(arm.driver, "restart_clock"):
-            arm.driver.restart_clock()
+        arm.restart_clock()
         t0 = clock.now_ns()
         times[0] = t0
-        pending, inbox = None, None  # (id, sent_ns, visible_ns); its reply once arrived (wall clock)
+        superseded = self.mail.superseded
         last_sent, step, late_run = None, 0, 0
         held = []  # states since the queue ran out (the fault check)
         while True:
@@ -231,38 +228,18 @@ class ControlLoop:
             if state.done or (max_steps is not None and step >= max_steps):
                 ep.ended, ep.success = "done", state.success
                 break
-            # replies: in lockstep a reply is visible once its simulated latency has passed
-            if not clock.lockstep:
-                for r in self.link.replies():
-                    if pending is not None and r.get("id") == pending[0]:
-                        inbox = r
-                    else:
-                        ep.late_replies += 1  # a superseded request's answer: never executed
-            if pending is not None:
-                now, reply = clock.now_ns(), None
-                if clock.lockstep:
-                    if pending[2] <= now:
-                        reply = self._wait(pending[0])
-                elif inbox is not None and now >= pending[2]:  # arrived, and any injected latency is over
-                    reply, inbox = inbox, None
+            # a reply counts once it has arrived and its (injected) latency has passed: the mailbox knows when
+            reply = self._checked(self.mail.receive(cfg.reply_timeout_s))
+            if reply is not None:
+                rng = self._take(ep, reply, history, step, self.delay())
+            elif self.mail.pending is not None and self.link.lost is not None:
+                self.mail.lose()
+            idle = self.mail.pending is None and self.link.lost is None
+            if idle and self.scheduler.needs_request(step, self.delay()):
+                self.mail.send(self._request(history, times, rng, step))
+                reply = self._checked(self.mail.receive(cfg.reply_timeout_s))  # zero latency: here this tick
                 if reply is not None:
-                    if not clock.lockstep:
-                        self.round_trips.append(max(reply["arrived_ns"], pending[2]) - pending[1])
-                        inbox = None
                     rng = self._take(ep, reply, history, step, self.delay())
-                    pending = None
-                elif self.link.lost is not None:
-                    pending = None
-            if pending is None and self.link.lost is None and self.scheduler.needs_request(step, self.delay()):
-                msg = self._request(history, times, rng, step)
-                now = clock.now_ns()
-                pending = (msg["id"], now, now + round(cfg.inject_latency_s * 1e9))
-                self.link.submit(msg)
-                if clock.lockstep and pending[2] <= now:  # zero latency: the reply is here this tick
-                    reply = self._wait(pending[0])
-                    if reply is not None:
-                        rng = self._take(ep, reply, history, step, self.delay())
-                    pending = None
             action = self.scheduler.action(step)
             ep.misses += bool((step > 0 and late) or action is None)
             if late_run >= 2 * cfg.max_misses:
@@ -279,6 +256,7 @@ class ControlLoop:
                 held = []
                 last_sent = arm.command(action, deadline)
             step += 1
+        ep.late_replies = self.mail.superseded - superseded
         return self._finish(ep, history)
 
     def _take(self, ep: RunEpisode, reply: dict, history: History, step: int, delay: int) -> np.ndarray:
@@ -294,8 +272,8 @@ class ControlLoop:
         ep.chosen.append(int(reply.get("chosen", 0)))
         ep.retried.append(int(reply.get("retried", 0)))
         ep.method = ep.method or reply.get("method")
-        if self.round_trips:
-            ep.round_trip_ms.append(self.round_trips[-1] / 1e6)
+        if self.mail.round_trips:
+            ep.round_trip_ms.append(self.mail.round_trips[-1] / 1e6)
         return reply["rng"]
 
     def _hold_of(self, history: History) -> np.ndarray:
@@ -311,6 +289,6 @@ class ControlLoop:
         ep.dropped = self.scheduler.dropped
         executed = np.stack(history.actions) if history.actions else np.zeros((0, self.action_dim), np.float32)
         ep.length, ep.actions = len(executed), executed
-        ep.actions_hash = hashlib.sha256(np.ascontiguousarray(executed, np.float32).tobytes()).hexdigest()[:16]
+        ep.actions_hash = actions_hash(executed)
         ep.shield = {k: v - self._events0[k] for k, v in self._shield_counts().items()}  # this episode's
         return ep
