@@ -7,9 +7,9 @@ episode); one whose marker outlived its output (a deleted policy) is redone. `ro
 history` and `bench eval` make their policies through it, and `robopolicy pipeline` runs it on a user's store,
 so the recipe behind the project's figures is the one a user runs on their data.
 
-A run folder (RUN) holds, for one stage, the training run itself (RUN/policy); for two, RUN/stage1,
-RUN/cache (the stage-1 encoder's embeddings of every frame) and RUN/stage2 (the policy: stage 2 on the cache,
-carrying the frozen stage-1 encoder); and RUN/eval when evaluated.
+A run folder (RUN) holds, for one stage, the training run RUN/train; for two, RUN/stage1, RUN/cache (the stage-1
+encoder's embeddings of every frame) and RUN/stage2 (stage 2 trained on the cache: the policy, carrying the
+frozen stage-1 encoder); and what its caller evaluates, beside them.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import json
 import shutil
 import time
 from pathlib import Path
+
+from robopolicy.errors import ConfigError
 
 MARKER = "done.json"
 
@@ -51,18 +53,33 @@ def trained(cfg, run: str | Path, store: str | Path | None = None, embeddings: s
             progress: bool = True, rollouts=None) -> Path:
     """``run``/policy: ``cfg`` trained on ``store`` (or on an embedding cache); continued from its last
     checkpoint, skipped once done."""
+    from omegaconf import OmegaConf
+
     from robopolicy.train.trainer import train
 
     run = Path(run)
-    if done(run, "policy/model.safetensors") is not None:
+    wanted = json.loads(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)))  # as stored
+    marker = done(run, "policy/model.safetensors")
+    if marker is not None:
+        if marker.get("config", wanted) != wanted:
+            changed = sorted(_differences(marker["config"], wanted))
+            raise ConfigError(f"{run} was trained with another config (it differs in {', '.join(changed[:6])}); "
+                              "delete it to retrain, or choose another folder")
         return run / "policy"
     resume = (run / "train_state.pt").exists()
     if not resume and run.exists():
         shutil.rmtree(run)  # stopped before its first checkpoint: nothing there to keep
     t0 = time.time()
     train(cfg, store, run, resume=resume, progress=progress, embeddings=embeddings, rollouts=rollouts)
-    _mark(run, wall_s=time.time() - t0, steps=cfg.train.steps)
+    _mark(run, wall_s=time.time() - t0, steps=cfg.train.steps, config=wanted)
     return run / "policy"
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in a.keys() | b.keys() for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def cached(policy: str | Path, store: str | Path, folder: str | Path, progress: bool = True) -> Path:
@@ -79,43 +96,47 @@ def cached(policy: str | Path, store: str | Path, folder: str | Path, progress: 
     return folder / "embeddings.zarr"
 
 
-def staged(cfg1, cfg2, run: str | Path, store: str | Path, progress: bool = True) -> Path:
-    """Stage 1 (``cfg1``, end to end) -> its embedding cache -> stage 2 (``cfg2``, on the cache); returns the
-    stage-2 policy, which acts on raw observations through the frozen stage-1 encoder."""
+def policy(cfg, run: str | Path, store: str | Path, stage2=None, progress: bool = True) -> Path:
+    """The recipe on ``store``: ``cfg`` trained end to end (RUN/train), or with a ``stage2`` config, stage 1
+    (``cfg``) -> its embedding cache -> stage 2 on the cache; returns the policy folder, which acts on raw
+    observations (a stage-2 policy through the frozen stage-1 encoder)."""
     run = Path(run)
-    first = trained(cfg1, run / "stage1", store, progress=progress)
+    if stage2 is None:
+        return trained(cfg, run / "train", store, progress=progress)
+    first = trained(cfg, run / "stage1", store, progress=progress)
     cache = cached(first, store, run / "cache", progress=progress)
-    return trained(cfg2, run / "stage2", embeddings=cache, progress=progress)
+    return trained(stage2, run / "stage2", embeddings=cache, progress=progress)
 
 
 def wall(run: str | Path) -> dict | None:
     """Training wall-clock of a run, summed over its steps: {"s": total} and, for a staged run, its parts
     (stage1, cache, stage2); None while a step is unfinished."""
     run = Path(run)
-    if (run / "stage1").is_dir():
-        parts = {"stage1": done(run / "stage1", "policy"), "cache": done(run / "cache", "embeddings.zarr"),
-                 "stage2": done(run / "stage2", "policy")}
-        if None in parts.values():
-            return None
-        parts = {k: v["wall_s"] for k, v in parts.items()}
-        return {"s": sum(parts.values()), **parts}
-    marker = done(run, "policy")
-    return None if marker is None else {"s": marker["wall_s"]}
-
-
-def policy_of(run: str | Path) -> Path:
-    """The policy a run folder ends in (RUN/policy, or RUN/stage2/policy for a staged run)."""
-    run = Path(run)
-    return run / "stage2" / "policy" if (run / "stage1").is_dir() else run / "policy"
+    if not (run / "stage1").is_dir():
+        marker = done(run / "train", "policy")
+        return None if marker is None else {"s": marker["wall_s"]}
+    parts = {"stage1": done(run / "stage1", "policy"), "cache": done(run / "cache", "embeddings.zarr"),
+             "stage2": done(run / "stage2", "policy")}
+    if None in parts.values():
+        return None
+    parts = {k: v["wall_s"] for k, v in parts.items()}
+    return {"s": sum(parts.values()), **parts}
 
 
 def evaluated(plan, out: str | Path, workers: int = 1, progress: bool = True) -> Path:
-    """``plan`` (eval/runner.Plan) evaluated into ``out``, continued from its records, skipped once done."""
+    """``plan`` (eval/runner.Plan) evaluated into ``out``, continued from its records, skipped once done (an
+    evaluation of another plan there is refused by the runner, naming what differs)."""
+    from dataclasses import asdict
+
+    from robopolicy.checkpoints import checkpoint_hash
     from robopolicy.eval.runner import evaluate
 
     out = Path(out)
-    if done(out, "summary.json") is None:
+    what = {"suite": plan.suite.fingerprint(), "acting": asdict(plan.acting), "shard": list(plan.shard),
+            "checkpoints": {t: checkpoint_hash(p) for t, p in plan.checkpoints.items()}}
+    marker = done(out, "summary.json")
+    if marker is None or marker.get("plan") != what:
         t0 = time.time()
         evaluate(plan, out, workers=workers, progress=progress)
-        _mark(out, wall_s=time.time() - t0)
+        _mark(out, wall_s=time.time() - t0, plan=what)
     return out

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from robopolicy.cli import bench, data, evaluation, results, serve, train
+from robopolicy.cli import bench, data, evaluation, pipeline, results, serve, train
 from robopolicy.errors import RobopolicyError
 
-GROUPS = (data, train, evaluation, serve, results, bench)  # in the order `robopolicy --help` lists them
+GROUPS = (data, train, pipeline, evaluation, serve, results, bench)  # in the order `robopolicy --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,11 +73,9 @@ def _trained(plan: ResultsPlan, cell: Cell, progress: bool):
 
     store = pipeline.demos(cell.task, cell.demos, _store_path(plan, cell), obs=cell.obs, progress=progress)
     cfg = load_config(cell.config, [*cell.overrides, f"train.seed={cell.seed}"])
-    run = plan.work / "runs" / cell.name
-    if cell.stage2 is None:
-        return pipeline.trained(cfg, run, store, progress=progress), cfg
-    cfg2 = load_config(cell.stage2, [*cell.stage2_overrides, f"train.seed={cell.seed}"])
-    return pipeline.staged(cfg, cfg2, run, store, progress=progress), cfg2
+    cfg2 = None if cell.stage2 is None else load_config(cell.stage2, [*cell.stage2_overrides,
+                                                                      f"train.seed={cell.seed}"])
+    return pipeline.policy(cfg, plan.work / "runs" / cell.name, store, cfg2, progress=progress), cfg2 or cfg
 
 
 def _evaluate_cell(plan: ResultsPlan, cell: Cell, source: Cell, policy: Path, cfg, workers: int,

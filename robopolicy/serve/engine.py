@@ -112,13 +112,10 @@ class InferenceEngine:
             return
         t0 = time.perf_counter()
         try:
-            cached = [j for j in ok if j.cache is not None]
-            encoded = attach_features(self.policy, [j.window for j in cached], [j.cache for j in cached]) \
-                if cached else None
-            if cached and len(cached) < len(ok):  # rows without a cache: their frames encoded here too
-                attach_features(self.policy, [j.window for j in ok if j.cache is None],
-                                [FrameCache(2 * len(j.window.obs[self.policy.obs_keys[0]])) for j in ok
-                                 if j.cache is None])
+            # every connection of an image policy keeps a frame cache: its rows skip the frames it has seen
+            caches = [j.cache for j in ok]
+            encoded = attach_features(self.policy, [j.window for j in ok], caches) \
+                if all(c is not None for c in caches) else None
             chunks = self.policy.act([j.window for j in ok], acting, generators=[j.generator for j in ok],
                                      act_batch=self.max_batch)
         except Exception as e:  # noqa: BLE001 - the server stays up; each caller gets a one-line error
