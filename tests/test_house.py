@@ -130,3 +130,15 @@ def test_no_module_of_the_library_is_over_four_hundred_lines():
             if p.is_relative_to(ROOT / "robopolicy") or p.is_relative_to(ROOT / "eval")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_every_package_of_the_library_is_listed_for_installation():
+    """setup.cfg names its packages: a new folder left out works in an editable install and is missing from a
+    wheel."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "robopolicy").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from robopolicy.acting import Acting
+from robopolicy.cli import options
 from robopolicy.errors import RobopolicyError
 
 
@@ -40,7 +40,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise RobopolicyError("pass --checkpoint C (and optionally --task T), or --suite S --checkpoints DIR")
         suite = checkpoint_suite(source, args.task, args.obs, **overrides)
     plan = Plan(suite, resolve_checkpoints(suite, args.checkpoint, args.checkpoints),
-                Acting(k=args.samples, inpaint_past=args.inpaint_past), shard=_shard(args.shard))
+                options.acting(args), shard=_shard(args.shard))
     out = Path(args.out or Path("runs") / f"eval-{suite.name}")
     evaluate(plan, out, workers=args.workers, device=args.device, progress=not args.quiet,
              save_rollouts=args.save_rollouts)
@@ -79,9 +79,7 @@ def add(sub) -> None:
     p.add_argument("--collection-seeds", action="store_true", help="evaluate on the demonstrations' seeds instead "
                    "(a train-init diagnostic, labelled as such everywhere)")
     p.add_argument("--workers", type=int, default=2, help="env worker processes (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=1, help="K candidates per chunk, the verifier picks (default: 1)")
-    p.add_argument("--inpaint-past", action="store_true", help="an experiment: inpaint the executed actions at the "
-                   "chunk's past tokens (does a long-context policy trained without PTP recover with its true past?)")
+    options.add_acting(p)
     p.add_argument("--video", type=int, default=0, help="mp4s of this many successes and failures per task")
     p.add_argument("--save-rollouts", help="also write the episodes into this demo store")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: %(default)s)")

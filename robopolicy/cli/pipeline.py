@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from robopolicy.cli import options
 from robopolicy.errors import RobopolicyError
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from robopolicy import pipeline
-    from robopolicy.acting import Acting
     from robopolicy.config import load_config
     from robopolicy.data.store import DemoStore
 
@@ -38,7 +38,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     except RobopolicyError as e:
         print(f"not evaluated: {e}")
         return 0
-    folder = pipeline.evaluated(Plan(suite, {suite.tasks[0]: policy}, Acting(k=args.samples)), run / "eval",
+    folder = pipeline.evaluated(Plan(suite, {suite.tasks[0]: policy}, options.acting(args)), run / "eval",
                                 workers=args.workers, progress=not args.quiet)
     print((report([folder]) / "report.md").read_text().split("\n![")[0])
     print(f"serve it: robopolicy serve --checkpoint {policy}")
@@ -61,7 +61,7 @@ def add(sub) -> None:
                    help="a dotted override of the stage-2 config (repeatable)")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes on the store's task; 0: none "
                    "(default: %(default)s)")
-    p.add_argument("--samples", type=int, default=1, help="K candidates per chunk at evaluation (default: 1)")
+    options.add_acting(p)
     p.add_argument("--workers", type=int, default=2, help="evaluation env workers (default: %(default)s)")
     p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from robopolicy.acting import Acting
+from robopolicy.cli import options
 from robopolicy.errors import RobopolicyError
 
 
@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise RobopolicyError("--video needs --out (the videos go into the report folder)")
     link = RemoteLink(args.server, read_token(args.token_file))
     try:
-        cfg = LoopConfig(strategy=args.strategy, acting=Acting(k=args.samples, retry_above=args.retry_above),
+        cfg = LoopConfig(strategy=args.strategy, acting=options.acting(args),
                          inject_latency_s=args.inject_latency / 1000, ttl_s=args.ttl)
         seeds = list(envs.eval_seeds(args.episodes, args.seed_start))
         result = run(link, args.robot, seeds, cfg, lockstep=args.lockstep, out=args.out, progress=not args.quiet,
@@ -115,10 +115,7 @@ def add(sub) -> None:
                    help="chunk execution (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=10, help="episodes (default: %(default)s)")
     p.add_argument("--seed-start", type=int, default=0, help="offset into the evaluation seeds (default: 0)")
-    p.add_argument("--samples", type=int, default=1, help="K candidates per chunk, the verifier picks")
-    p.add_argument("--retry-above", type=float, default=None, metavar="SCORE",
-                   help="draw a chunk again (once) when its best candidate's score is above SCORE (EBT: its energy; "
-                   "the verifier's score acted on). Default: off")
+    options.add_acting(p)
     p.add_argument("--inject-latency", type=float, default=0.0, help="ms added to every round trip")
     p.add_argument("--max-step", type=_floats, default=None, metavar="S[,S...]",
                    help="the shield's per-tick step limit, one value or one per action dimension (default: the "
