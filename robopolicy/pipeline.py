@@ -50,49 +50,89 @@ def demos(task: str, episodes: int, path: str | Path, obs: str = "state", progre
 
 
 def trained(cfg, run: str | Path, store: str | Path | None = None, embeddings: str | Path | None = None,
-            progress: bool = True, rollouts=None) -> Path:
+            progress: bool = True) -> Path:
     """``run``/policy: ``cfg`` trained on ``store`` (or on an embedding cache); continued from its last
-    checkpoint, skipped once done."""
+    checkpoint, skipped once done. Done with another config, or on other data (episodes added to the store,
+    a cache of another encoder), it is refused: the figures would stand on something else."""
     from omegaconf import OmegaConf
 
     from robopolicy.train.trainer import train
 
     run = Path(run)
     wanted = json.loads(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)))  # as stored
+    data = _data_identity(store, embeddings)
     marker = done(run, "policy/model.safetensors")
+    if marker is None and _finished(run, cfg.train.steps):  # stopped between training's end and its marker
+        marker = {"wall_s": None, "config": wanted, "data": data}
+        _mark(run, **marker)
     if marker is not None:
-        if marker.get("config", wanted) != wanted:
-            changed = sorted(_differences(marker["config"], wanted))
-            raise ConfigError(f"{run} was trained with another config (it differs in {', '.join(changed[:6])}); "
-                              "delete it to retrain, or choose another folder")
+        changed = _differences(marker.get("config", {}), wanted)
+        if changed or marker.get("data", data) != data:
+            what = f"another config (it differs in {', '.join(sorted(changed)[:6])})" if changed else \
+                f"other data than {store or embeddings} holds now"
+            raise ConfigError(f"{run} was trained with {what}; delete it to retrain, or choose another folder")
         return run / "policy"
     resume = (run / "train_state.pt").exists()
     if not resume and run.exists():
         shutil.rmtree(run)  # stopped before its first checkpoint: nothing there to keep
+    rollouts = None
+    if cfg.eval.every > 0:  # rollouts during training, as `robopolicy train` does them
+        from robopolicy.eval.training import PeriodicRollouts
+
+        rollouts = PeriodicRollouts(cfg)
     t0 = time.time()
     train(cfg, store, run, resume=resume, progress=progress, embeddings=embeddings, rollouts=rollouts)
-    _mark(run, wall_s=time.time() - t0, steps=cfg.train.steps, config=wanted)
+    _mark(run, wall_s=time.time() - t0, steps=cfg.train.steps, config=wanted, data=data)
     return run / "policy"
 
 
+def _data_identity(store, embeddings) -> dict:
+    """What a training run read: the store's episode boundaries, or the cache's encoder and source."""
+    from robopolicy.data.store import DemoStore
+    from robopolicy.embeddings import cache_info, store_fingerprint
+
+    if embeddings is not None:
+        with DemoStore.open(embeddings) as cache:
+            info = cache_info(cache)
+            return {"cache": info.encoder_hash, "source": info.source_fingerprint}
+    with DemoStore.open(store) as s:
+        return {"store": store_fingerprint(s)}
+
+
+def _finished(run: Path, steps: int) -> bool:
+    """A run whose log reached its last step or its time budget, with a policy written."""
+    log = run / "log.jsonl"
+    if not log.exists() or not (run / "policy" / "model.safetensors").exists():
+        return False
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return any(row.get("stopped") for row in rows) or max((row.get("step", 0) for row in rows), default=0) >= steps
+
+
 def _differences(a, b, prefix: str = "") -> list[str]:
-    """The dotted keys where two config dicts differ."""
+    """The dotted keys where two config dicts differ; a key one of them lacks is not a difference (a field the
+    config gained since, at its default)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in a.keys() | b.keys() for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [d for k in a.keys() & b.keys() for d in _differences(a[k], b[k], f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
 
 
 def cached(policy: str | Path, store: str | Path, folder: str | Path, progress: bool = True) -> Path:
     """``folder``/embeddings.zarr: every frame of ``store`` embedded by ``policy``'s encoder (continued when
-    interrupted; a cache of another encoder or store is refused)."""
+    interrupted). A cache of another checkpoint or store is refused."""
+    from robopolicy.checkpoints import checkpoint_hash
     from robopolicy.embeddings import write_cache
 
     folder = Path(folder)
-    if done(folder, "embeddings.zarr") is None:
+    made_by = {"checkpoint": checkpoint_hash(policy), "data": _data_identity(store, None)}
+    marker = done(folder, "embeddings.zarr")
+    if marker is not None and marker.get("made_by", made_by) != made_by:
+        raise ConfigError(f"{folder} holds the embeddings of another stage-1 policy or store; delete it (and the "
+                          "stage 2 trained on it) to remake them")
+    if marker is None:
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         write_cache(policy, store, folder / "embeddings.zarr", progress=progress)
-        _mark(folder, wall_s=time.time() - t0)
+        _mark(folder, wall_s=time.time() - t0, made_by=made_by)
     return folder / "embeddings.zarr"
 
 
@@ -114,7 +154,7 @@ def wall(run: str | Path) -> dict | None:
     run = Path(run)
     if not (run / "stage1").is_dir():
         marker = done(run / "train", "policy")
-        return None if marker is None else {"s": marker["wall_s"]}
+        return None if marker is None or marker["wall_s"] is None else {"s": marker["wall_s"]}
     parts = {"stage1": done(run / "stage1", "policy"), "cache": done(run / "cache", "embeddings.zarr"),
              "stage2": done(run / "stage2", "policy")}
     if None in parts.values():
@@ -134,7 +174,7 @@ def evaluated(plan, out: str | Path, workers: int = 1, progress: bool = True) ->
     out = Path(out)
     what = {"suite": plan.suite.fingerprint(), "acting": asdict(plan.acting), "shard": list(plan.shard),
             "checkpoints": {t: checkpoint_hash(p) for t, p in plan.checkpoints.items()}}
-    marker = done(out, "summary.json")
+    marker = done(out, "episodes.jsonl")
     if marker is None or marker.get("plan") != what:
         t0 = time.time()
         evaluate(plan, out, workers=workers, progress=progress)

@@ -219,7 +219,7 @@ def test_rollout_with_candidates_verifies_once_the_history_is_full(monkeypatch):
 
     monkeypatch.setattr(Policy, "act", recording_act)
     try:
-        rollout(policy, env, seed=0, k=3)
+        rollout(policy, env, seed=0, acting=Acting(k=3))
     finally:
         env.close()
     (t0, past0, first), (t1, past1, second) = calls[:2]

@@ -57,10 +57,12 @@ class Mailbox:
         self.pending: tuple[int, int, int] | None = None  # (id, sent, visible from)
         self.round_trips: list[int] = []  # ns
         self.superseded = 0  # replies to a request that had been superseded (never executed)
+        self._inbox: dict | None = None  # the pending request's reply, arrived, waiting out the injected latency
 
     def send(self, msg: dict) -> None:
         now = self.clock.now_ns()
         self.pending = (msg["id"], now, now + self.latency_ns)
+        self._inbox = None  # a reply held back for an earlier request never answers this one
         self.link.submit(msg)
 
     def wait(self, timeout_s: float, measure: bool = True) -> dict | None:
@@ -75,17 +77,13 @@ class Mailbox:
         return reply
 
     def lose(self) -> None:
-        """Give up the pending request (the link is gone)."""
-        self.pending = None
+        """Give up the pending request (the link is gone, or its reply never came)."""
+        self.pending, self._inbox = None, None
 
 
 class WallMailbox(Mailbox):
     """The wall clock: replies arrive when the link's thread receives them, and count from the injected
     latency on at the earliest; the delay estimate is the largest recent round trip."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._inbox: dict | None = None
 
     def receive(self, timeout_s: float) -> dict | None:
         for r in self.link.replies():
@@ -118,7 +116,10 @@ class LockstepMailbox(Mailbox):
     def receive(self, timeout_s: float) -> dict | None:
         if self.pending is None or self.clock.now_ns() < self.pending[2]:
             return None
-        return self.wait(timeout_s)
+        reply = self.wait(timeout_s)
+        if reply is None:
+            self.lose()  # it was due now and did not come within the timeout: it will not
+        return reply
 
     def _arrived(self, at_ns: int, sent_ns: int) -> None:
         pass  # simulated: nothing measured
