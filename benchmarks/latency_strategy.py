@@ -15,7 +15,6 @@ the socket), one thread, so the figures do not depend on the machine's speed.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,7 +58,7 @@ def main(argv: list[str]) -> None:
     strategies = argv[argv.index("--strategies") + 1].split(",") if "--strategies" in argv else list(STRATEGIES)
     redo = argv[argv.index("--redo") + 1].split(",") if "--redo" in argv else []
     pairs = [a for a in argv[1:] if ":" in a and not a.startswith("--")]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = provenance.git("rev-parse", "HEAD")
     torch.set_num_threads(1)
     seeds = list(envs.eval_seeds(episodes))
     previous = json.loads(out.read_text()) if out.exists() else {}
@@ -123,7 +122,7 @@ def _write(out: Path, argv, rows: dict, seeds, t0: float, previous: dict) -> Non
     cells = list(rows.values())
     result = {
         "command": "python benchmarks/latency_strategy.py " + " ".join(argv),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": provenance.git("rev-parse", "HEAD"),
         "machine": provenance.machine(), "clock": "lockstep",
         "episodes": len(seeds), "seeds": [seeds[0], seeds[-1]],
         "wall_s": previous.get("wall_s", 0.0) + (time.time() - t0),

@@ -38,7 +38,6 @@ file that has since gained a field, so they cannot be compared).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -335,7 +334,7 @@ def main(argv: list[str]) -> None:
               f"target, expert push {row['expert_push']:.2f} (hand moved {row['expert_change_when_hand_moved']:+.2f}); "
               + policies)
     figure(profiles, radius, decide, out.with_suffix(".png"))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = provenance.git("rev-parse", "HEAD")
     artifact = {"command": "python benchmarks/noptp_stall.py " + " ".join(argv), "commit": commit,
                 "machine": provenance.machine(), "torch": torch.__version__,
                 "seeds": [seeds[0], seeds[-1]], "shift": shift, "left_ready_m": LEFT_READY,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -114,7 +113,7 @@ def main(argv: list[str]) -> None:
                       f"(rows per call {r['mean_rows_per_call']:.1f})", flush=True)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
     result = {"command": "python benchmarks/serve_chunk_latency.py " + " ".join(argv),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+              "commit": provenance.git("rev-parse", "HEAD"),
               "machine": provenance.machine(), "device": device, "gpu": gpu,
               "torch": torch.__version__, "wall_s": time.time() - t0, "rows": rows,
               "targets_ms": {"diffusion DDIM-10 batch 1": 10.0, "ebt 2 steps batch 1": 3.0}}

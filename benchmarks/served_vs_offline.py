@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
     trips = np.concatenate([wall[s]["round_trip_ms"] for s in seeds])
     result = {
         "command": "python benchmarks/served_vs_offline.py " + " ".join(argv),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": provenance.git("rev-parse", "HEAD"),
         "machine": provenance.machine(), "checkpoint": checkpoint_hash(checkpoint),
         "head": policy.cfg.policy.head, "task": task, "seeds": [seeds[0], seeds[-1]],
         "control_hz": (policy.task or {}).get("control_hz"),

@@ -17,11 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from robopolicy import provenance
-from robopolicy.collect import collect
+from robopolicy import pipeline, provenance
 from robopolicy.config import load_config
 from robopolicy.eval.suite import load_suite, shipped_suites
-from robopolicy.train.trainer import train
 
 STATE = ["train.steps=200", "policy.diffusion.down_dims=[32,64,128]", "data.batch_size=32", "train.log_every=100",
          "train.tensorboard=false"]
@@ -30,15 +28,12 @@ IMAGE = ["train.steps=100", "policy.diffusion.down_dims=[32,64,128]", "data.batc
 
 
 def prepare(task: str, obs: str, out: Path) -> float:
-    """Store + policy for one task (reused); returns the seconds spent."""
-    run = out / "policies" / obs / task
-    if (run / "policy" / "model.safetensors").exists():
-        return 0.0
+    """Store + policy for one task, through the pipeline (reused once made); returns the seconds spent. The
+    policy lands in OUT/policies/<obs>/<task>/policy, where `--checkpoints OUT/policies/<obs>` finds it."""
     t0 = time.perf_counter()
-    store, _, _ = collect(task, 20, out / "stores" / f"{task}-{obs}.zarr", obs=obs, progress=False)
-    store.close()
+    store = pipeline.demos(task, 20, out / "stores" / f"{task}-{obs}.zarr", obs=obs, progress=False)
     cfg = load_config("diffusion" if obs == "state" else "diffusion_image", STATE if obs == "state" else IMAGE)
-    train(cfg, out / "stores" / f"{task}-{obs}.zarr", run, resume=run.exists(), progress=False)
+    pipeline.trained(cfg, out / "policies" / obs / task, store, progress=False)
     return time.perf_counter() - t0
 
 
@@ -50,7 +45,7 @@ def main(argv: list[str]) -> None:
         workers, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
     out = Path(argv[0])
     suites = argv[1:] or [s for s in shipped_suites()]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = provenance.git("rev-parse", "HEAD")
     path = out / "suites.json"
     results = json.loads(path.read_text()) if path.exists() else {
         "command": "python benchmarks/suite_wallclock.py " + " ".join(sys.argv[1:]), "commit": commit,

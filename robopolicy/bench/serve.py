@@ -246,7 +246,6 @@ def run_serve_bench(calls: int = 50, seconds: float = 60.0, clients: int = 4, qu
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"command": "robopolicy bench serve " + " ".join(sys.argv[3:]),
                                          "machine": provenance.machine(),
-                                         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                                                  text=True).stdout.strip(),
+                                         "commit": provenance.git("rev-parse", "HEAD"),
                                          **result}, indent=1))
     return result
