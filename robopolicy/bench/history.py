@@ -55,8 +55,8 @@ def run_history_bench(task: str = "cue-reach", episodes: int = 50, seeds: int = 
     for label, folder, extra, k in VARIANTS:
         print(f"\n== {label}: {config} {' '.join(extra)}", flush=True)
         run_overrides = list(overrides) + extra + (QUICK if quick else [])
-        policy = Policy.load(pipeline.policy(load_config(config, run_overrides), out / folder, store))
-        seconds = pipeline.wall(out / folder)["s"]
+        policy = Policy.load(pipeline.trained(load_config(config, run_overrides), out / folder, store))
+        seconds = pipeline.done(out / folder, "policy")["wall_s"] or 0.0
         won = rollouts(policy, task, seed_list, progress=True, acting=Acting(k=k))
         by_hidden = [[w for s, w in zip(seed_list, won) if s % 2 == h] for h in (0, 1)]
         d = policy.cfg.data
