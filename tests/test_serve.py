@@ -661,3 +661,16 @@ def test_bench_serve_runs_and_prints_its_side_by_side_figures(tmp_path):
     result = json.loads((tmp_path / "serve.json").read_text())
     assert result["batching"]["mean_batch"] > 1  # clients sending at once did share calls
     assert set(result["pacing"]) == {"absolute", "naive"}
+
+
+@pytest.mark.slow
+def test_bench_serve_configs_times_each_config_at_act_batch_1_and_8_against_its_chunk(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("bench", "serve", "--configs", "--quick", "--out", str(tmp_path / "rt.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "rt.json").read_text())["realtime"]
+    assert [row["config"] for row in rows] == ["ebt", "ptp_stage2"] and all(row["span_ms"] == 100 for row in rows)
+    for row in rows:  # the verdict is the p99 at act batch 1 against a third of the chunk's span
+        assert row["fits"] == (row["act_batch_1"]["p99"] <= row["span_ms"] / 3) and f"real time: {row['real_time']}" \
+            in r.stdout

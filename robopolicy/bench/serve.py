@@ -13,6 +13,12 @@
 3. Batching: N clients sending at once vs the same N requests one by one: throughput against the ideal
    of one batch-N forward pass (the policy always runs padded batches of 8, so that ideal is N chunks per
    single call), and latency per client.
+4. Real time per shipped config (``--configs``, a run of its own): each CPU-sized shipped config, untrained (a
+   chunk's cost does not depend on the weights), served as one robot's server (``--act-batch 1``) and as
+   evaluation runs it (``--act-batch 8``), one torch thread; one client asks for chunk after chunk of a moving
+   episode (image policies: one new frame per chunk, the rest from the frame cache). Its round trip p50 / p99
+   against the span of the chunk it answers (Ta actions at its task's control rate): a config fits real time
+   when the p99 is at most a third of that span.
 """
 from __future__ import annotations
 
@@ -212,11 +218,108 @@ def batching(policy, url: str, clients: int, rounds: int) -> dict:
             "latency_per_client_ms": {"p50": _pct(per_client, 50), "p99": _pct(per_client, 99)}}
 
 
+REALTIME_SHARE = 1 / 3  # of the chunk's span a p99 round trip may take (the rest: delay compensation, jitter)
+
+
+def _config_policy(name: str, folder: Path):
+    """An untrained policy of a shipped config, shaped as the task it is for: cue-reach's camera and state for
+    image configs, reach's 39-d state for state ones (both Meta-World, 80 Hz); saved in ``folder``."""
+    from robopolicy.config import load_config
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.data.store import Field
+    from robopolicy.policy import Policy
+
+    cfg = load_config(name)
+    image = not cfg.data.obs_keys or any(k.endswith("_image") for k in cfg.data.obs_keys)
+    state_dim = 10 if image else 39
+    schema = {"state": Field((state_dim,), np.dtype(np.float32)), "action": Field((4,), np.dtype(np.float32))}
+    overrides = []
+    if image:
+        schema["corner2_image"] = Field((96, 96, 3), np.dtype(np.uint8))
+        overrides = ["data.obs_keys=[corner2_image,state]"]
+        if cfg.policy.encoder.crop is None:  # a stage-2 config: it carries its stage 1's encoder (crop 88)
+            overrides.append("policy.encoder.crop=88")
+    rng = np.random.default_rng(0)
+    norm = Normalizer.fit({"state": rng.normal(size=(64, state_dim)), "action": rng.uniform(-1, 1, (64, 4))},
+                          {"state": "minmax", "action": "minmax"})
+    torch.manual_seed(0)
+    policy = Policy(load_config(name, overrides), schema, norm)
+    policy.task = {"task": "cue-reach" if image else "reach", "control_hz": 80.0, "action_semantics": None,
+                   "env_spec": None}
+    policy.save(folder)
+    return policy
+
+
+def _episode_windows(policy, n: int):
+    """``n`` windows of one moving episode: each a step later than the last (so an image policy's frame cache
+    holds all but the newest frame, as in a run)."""
+    from robopolicy.data.windows import Window
+
+    d, rng = policy.cfg.data, np.random.default_rng(2)
+    span = (d.n_obs - 1) * d.stride + n
+    frames = {k: (rng.integers(0, 256, (span, *policy.schema[k].shape), dtype=np.uint8) if policy.schema[k].is_image
+                  else rng.normal(size=(span, *policy.schema[k].shape)).astype(np.float32)) for k in policy.obs_keys}
+    return [Window({k: v[i: i + (d.n_obs - 1) * d.stride + 1: d.stride] for k, v in frames.items()}, i)
+            for i in range(n)]
+
+
+def realtime(calls: int = 20, configs: list[str] | None = None) -> list[dict]:
+    """Section 4: per CPU-sized shipped config, the round trip at act batch 1 and 8 against its chunk's span."""
+    from robopolicy.config import shipped_configs
+    from robopolicy.serve import protocol
+    from robopolicy.serve.client import PolicyClient
+
+    rows = []
+    for name in configs or shipped_configs():
+        if name.endswith("_gpu"):
+            rows.append({"config": name, "cpu": False, "real_time": "not timed (GPU-sized)"})
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            policy = _config_policy(name, Path(tmp) / "policy")
+            d = policy.cfg.data
+            row = {"config": name, "cpu": True, "head": policy.cfg.policy.head, "n_obs": d.n_obs,
+                   "observations": policy.observations, "span_ms": 1000 * d.n_action_steps / policy.task["control_hz"]}
+            for act_batch in (1, 8):
+                proc, url = start_server(Path(tmp) / "policy", args=["--act-batch", str(act_batch)])
+                try:
+                    client, trips = PolicyClient(url), []
+                    for i, w in enumerate(_episode_windows(policy, calls + 3)):
+                        t0 = time.perf_counter()
+                        client.request(protocol.act_request(w, i, seed=0))
+                        if i >= 3:  # warm-up: caches, allocators
+                            trips.append((time.perf_counter() - t0) * 1000)
+                    client.close()
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                row[f"act_batch_{act_batch}"] = {"p50": _pct(trips, 50), "p99": _pct(trips, 99)}
+            row["fits"] = row["act_batch_1"]["p99"] <= REALTIME_SHARE * row["span_ms"]
+            row["real_time"] = "yes" if row["fits"] else "no"
+            rows.append(row)
+        r = rows[-1]
+        print(f"{name:<20} " + ("GPU-sized: not timed on a CPU" if not r["cpu"] else
+              f"{r['head']:<9} To={r['n_obs']:<3} {r['observations']:<6} chunk {r['span_ms']:.0f} ms | act batch 1: "
+              f"p50 {r['act_batch_1']['p50']:6.1f} p99 {r['act_batch_1']['p99']:6.1f} ms | act batch 8: p50 "
+              f"{r['act_batch_8']['p50']:6.1f} p99 {r['act_batch_8']['p99']:6.1f} ms | real time: "
+              f"{'yes' if r['fits'] else 'no'}"), flush=True)
+    return rows
+
+
 def run_serve_bench(calls: int = 50, seconds: float = 60.0, clients: int = 4, quick: bool = False,
-                    out: str | None = None) -> dict:
+                    out: str | None = None, configs: bool = False) -> dict:
     if quick:
         calls, seconds, clients = 5, 2.0, 2
     torch.set_num_threads(1)  # this process's share: one core; the server has the other
+    if configs:  # section 4, a run of its own
+        result = {"realtime": realtime(calls=min(calls, 20) if not quick else 3,
+                                       configs=["ebt", "ptp_stage2"] if quick else None),
+                  "share": REALTIME_SHARE, "threads": 1}
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps({"command": "robopolicy bench serve --configs " + " ".join(sys.argv[4:]),
+                                             "machine": provenance.machine(),
+                                             "commit": provenance.git("rev-parse", "HEAD"), **result}, indent=1))
+        return result
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "policy"
         policy = _policy(folder)

@@ -17,7 +17,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.what == "serve":
         from robopolicy.bench.serve import run_serve_bench
 
-        run_serve_bench(calls=args.calls, seconds=args.seconds, clients=args.clients, quick=args.quick, out=args.out)
+        run_serve_bench(calls=args.calls, seconds=args.seconds, clients=args.clients, quick=args.quick, out=args.out,
+                        configs=args.configs)
     elif args.what == "history":
         from robopolicy.bench.history import run_history_bench
 
@@ -77,6 +78,8 @@ def add(sub) -> None:
     q.add_argument("--calls", type=int, default=50, help="round trips timed (default: %(default)s)")
     q.add_argument("--seconds", type=float, default=60.0, help="each loop's run (default: %(default)s)")
     q.add_argument("--clients", type=int, default=4, help="clients sending at once (default: %(default)s)")
+    q.add_argument("--configs", action="store_true", help="instead: per CPU-sized shipped config, its round trip at "
+                   "act batch 1 and 8 against its chunk's span (does it fit real time on this machine?)")
     q.add_argument("--out", help="write the figures as JSON here")
     q.add_argument("--quick", action="store_true", help="a few calls, 2 s loops (a smoke test)")
     q.set_defaults(func=cmd_bench)
